@@ -1,0 +1,53 @@
+"""VGG with batch normalisation (Simonyan & Zisserman, ICLR 2015), CIFAR variant of RepDistiller.
+
+Five conv blocks of 3x3 conv (with bias) + BN + ReLU; per-block widths for the configurations
+S (vgg8), A (vgg11), B (vgg13), D (vgg16), E (vgg19) below, i.e. depth = number of convs + 3 for the
+original three FC layers, of which this variant keeps a single ``Linear(512, N)``. 2x2 max-pooling follows
+blocks 0, 1, 2 (and block 3 only when built for 64x64 inputs), then global average pooling.
+
+Features: ``stem`` = block 0 output (64, 32, 32); ``stages`` = blocks 1-4 after their ReLU
+((128,16,16), (256,8,8), (512,4,4), (512,4,4) for 32x32), each stage being [max-pool, convs]; ``preact``
+= the last BN output of each block. Deviation: the reference decides whether to apply the fourth
+max-pool per forward call from the input height (== 64); here it is fixed at construction by
+``input_size`` (default 32, what ``create`` builds).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from torch import nn
+
+from .blocks import ConvBNAct, Stage, StagedClassifier, init_weights
+from .registry import register
+
+CONFIGS: dict[str, list[list[int]]] = {
+    "S": [[64], [128], [256], [512], [512]],
+    "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
+    "B": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],
+    "D": [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]],
+    "E": [[64, 64], [128, 128], [256, 256, 256, 256], [512, 512, 512, 512], [512, 512, 512, 512]],
+}
+
+
+def _convs(cin: int, widths: list[int]) -> list[ConvBNAct]:
+    layers = []
+    for w in widths:
+        layers.append(ConvBNAct(cin, w, 3, bias=True))
+        cin = w
+    return layers
+
+
+class VGG(StagedClassifier):
+    def __init__(self, cfg: str, num_classes: int, input_size: int = 32):
+        blocks = CONFIGS[cfg]
+        stem = Stage(*_convs(3, blocks[0]))
+        stages = []
+        for i in range(1, 5):
+            pool = [nn.MaxPool2d(2, 2)] if i < 4 or input_size == 64 else []
+            stages.append(Stage(*pool, *_convs(blocks[i - 1][-1], blocks[i])))
+        super().__init__(stem, stages, blocks[4][-1], num_classes)
+        init_weights(self, linear="normal")
+
+
+for _name, _cfg in (("vgg8", "S"), ("vgg11", "A"), ("vgg13", "B"), ("vgg16", "D"), ("vgg19", "E")):
+    register(_name)(partial(VGG, _cfg))
