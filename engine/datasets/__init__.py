@@ -1,0 +1,35 @@
+"""Datasets: each is built into the compact on-disk format of ``store.py`` by ``prepare``.
+
+A builder takes the ``data`` params and returns ``(train, test, classes, info)``; ``BUILDERS`` maps
+``data.name`` to its builder. Nothing is logged here: stages do the tracking.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..errors import KdlensError
+from ..params import DataParams
+from .cifar import load_cifar
+from .scenes import build_scenes
+from .store import Prepared, Split, load_prepared, save_prepared
+
+Builder = Callable[[DataParams], tuple[Split, Split, list[str], dict]]
+
+BUILDERS: dict[str, Builder] = {
+    "scenes": lambda p: build_scenes(p.scenes),
+    "cifar10": lambda p: load_cifar("cifar10", p.root, p.download),
+    "cifar100": lambda p: load_cifar("cifar100", p.root, p.download),
+}
+
+
+def prepare(p: DataParams, out_dir: str | Path) -> dict:
+    """Build the dataset ``p.name`` and write it to ``out_dir``; returns its card."""
+    builder = BUILDERS.get(p.name)
+    if builder is None:
+        raise KdlensError(f"data.name: unknown dataset {p.name!r}; choose one of: {', '.join(BUILDERS)}")
+    train, test, classes, info = builder(p)
+    return save_prepared(out_dir, train, test, classes, {**info, "name": p.name})
+
+
+__all__ = ["BUILDERS", "Prepared", "Split", "load_prepared", "prepare", "save_prepared"]

@@ -1,0 +1,129 @@
+"""The one compact on-disk format every dataset is prepared into.
+
+A prepared dataset is a directory of plain ``.npy`` files (deterministic bytes, memory-mappable, no
+pickle) plus ``card.json``::
+
+    train_images.npy  uint8  [N, 3, H, W]
+    train_labels.npy  int64  [N]
+    train_masks.npy   uint8  [N, H, W]   optional: 1 = foreground (exact masks, e.g. ``scenes``)
+    test_*.npy        the same for the test split
+    card.json         counts, class names, normalisation statistics, checksum
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import KdlensError
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 [N, 3, H, W]
+    labels: np.ndarray  # int64 [N]
+    masks: np.ndarray | None = None  # uint8 [N, H, W], 1 = foreground
+
+    def __post_init__(self):
+        if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 [N,3,H,W], got {self.images.dtype} {self.images.shape}")
+        if len(self.labels) != len(self.images):
+            raise ValueError("labels and images differ in length")
+        if self.masks is not None and self.masks.shape != (len(self.images), *self.images.shape[2:]):
+            raise ValueError(f"masks must be [N,H,W] matching the images, got {self.masks.shape}")
+
+
+@dataclass
+class Prepared:
+    train: Split
+    test: Split
+    card: dict
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.card["classes"])
+
+
+def _arrays(split: Split) -> dict[str, np.ndarray]:
+    out = {"images": split.images, "labels": split.labels.astype(np.int64)}
+    if split.masks is not None:
+        out["masks"] = split.masks.astype(np.uint8)
+    return out
+
+
+def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[str], info: dict) -> dict:
+    """Write both splits and the card into ``out_dir`` atomically (a temp dir renamed at the end)."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    digest = hashlib.sha256()
+    files = {}
+    for split_name, split in zip(SPLITS, (train, test)):
+        for key, arr in _arrays(split).items():
+            fname = f"{split_name}_{key}.npy"
+            np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
+            digest.update((tmp / fname).read_bytes())
+            files[fname] = list(arr.shape)
+    x = train.images.astype(np.float64) / 255.0
+    card = {
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "image_shape": list(train.images.shape[1:]),
+        "counts": {
+            "train": int(len(train.labels)),
+            "test": int(len(test.labels)),
+            "train_per_class": np.bincount(train.labels, minlength=len(classes)).tolist(),
+            "test_per_class": np.bincount(test.labels, minlength=len(classes)).tolist(),
+        },
+        "has_masks": train.masks is not None and test.masks is not None,
+        # Normalisation statistics come from the training split only.
+        "mean": [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))],
+        "std": [round(float(v), 6) for v in x.std(axis=(0, 2, 3))],
+        "files": files,
+        "sha256": digest.hexdigest(),
+        **info,
+    }
+    (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return card
+
+
+def load_prepared(data_dir: str | Path) -> Prepared:
+    """Load a prepared dataset; a missing or corrupt file gives one line naming it."""
+    data_dir = Path(data_dir)
+    card_path = data_dir / "card.json"
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise KdlensError(f"{card_path}: missing; run the data stage first (dvc repro prepare_data)") from None
+    except json.JSONDecodeError as e:
+        raise KdlensError(f"{card_path}: corrupt JSON ({e}); re-run: dvc repro -f prepare_data") from None
+    splits = {}
+    for split_name in SPLITS:
+        arrays = {}
+        for key in ("images", "labels", "masks"):
+            path = data_dir / f"{split_name}_{key}.npy"
+            if key == "masks" and not card.get("has_masks"):
+                continue
+            try:
+                arrays[key] = np.load(path, allow_pickle=False)
+            except FileNotFoundError:
+                raise KdlensError(f"{path}: missing; re-run: dvc repro -f prepare_data") from None
+            except (ValueError, OSError, EOFError) as e:
+                raise KdlensError(f"{path}: corrupt ({e}); re-run: dvc repro -f prepare_data") from None
+            expected = card["files"].get(path.name)
+            if expected is not None and list(arrays[key].shape) != expected:
+                raise KdlensError(f"{path}: shape {list(arrays[key].shape)} does not match card.json "
+                                  f"{expected}; re-run: dvc repro -f prepare_data")
+        splits[split_name] = Split(**arrays)
+    return Prepared(train=splits["train"], test=splits["test"], card=card)
