@@ -1,0 +1,191 @@
+"""The typed schema of ``params.yaml``, validated at the start of every stage.
+
+Every section is a pydantic model with ``extra="forbid"``: a misspelt key is an error, not a silently
+ignored value. ``load_params`` turns the first validation error into one line that names the key, what
+was wrong and, for choices, the valid values.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model,
+                      field_validator, model_validator)
+
+import methods
+from models import registry as model_registry
+
+from .errors import KdlensError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScenesParams(Section):
+    """The embedded ``scenes`` dataset (digits over clutter); see engine/datasets/scenes.py."""
+
+    n_train: int = Field(3000, ge=10)
+    n_test: int = Field(1000, ge=10)
+    image_size: int = Field(32, ge=16, le=128)
+    digit_size: tuple[int, int] = (12, 18)
+    clutter: float = Field(0.6, ge=0.0, le=1.0)
+    fragments: int = Field(4, ge=0, le=32)
+    noise: float = Field(0.15, ge=0.0, le=1.0)
+    test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)  # numpy seeds must be non-negative
+
+    @field_validator("digit_size")
+    @classmethod
+    def _digit_size(cls, v):
+        lo, hi = v
+        if not 4 <= lo <= hi:
+            raise ValueError(f"must be [min, max] with 4 <= min <= max, got {list(v)}")
+        return v
+
+
+class DataParams(Section):
+    name: Literal["scenes", "cifar10", "cifar100"] = "scenes"
+    root: str = "data/downloads"
+    download: bool = False
+    scenes: ScenesParams = ScenesParams()
+
+    @model_validator(mode="after")
+    def _image_size_fits(self):
+        if self.scenes.digit_size[1] > self.scenes.image_size:
+            raise ValueError("scenes.digit_size max must not exceed scenes.image_size")
+        return self
+
+
+class TrainParams(Section):
+    """Optimisation of one network (teacher, or the students)."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "multistep"] = "cosine"
+    milestones: list[int] = []
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: int = Field(0, ge=0)
+    augment: bool = True
+    amp: bool = True  # used only on CUDA
+    keep_epochs: list[int] = []  # checkpoints kept as outputs (epoch 0 = the initial weights)
+
+    @model_validator(mode="after")
+    def _epochs_in_range(self):
+        bad = [e for e in [*self.keep_epochs, *self.milestones] if not 0 <= e <= self.epochs]
+        if bad:
+            raise ValueError(f"keep_epochs/milestones must lie in [0, epochs={self.epochs}], got {bad}")
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+
+def _known_arch(name: str) -> str:
+    if name not in model_registry.names():
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_registry.names())}")
+    return name
+
+
+def _known_method(name: str) -> str:
+    if name not in methods.names():
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(methods.names())}")
+    return name
+
+
+ArchName = Annotated[str, AfterValidator(_known_arch)]
+MethodName = Annotated[str, AfterValidator(_known_method)]
+
+# ``methods.<name>``: one field per registered method, typed by that method's own schema, so an error
+# names the exact key (``methods.kd.T``) and an unknown method is an unknown key.
+MethodsParams = create_model(
+    "MethodsParams", __config__=ConfigDict(extra="forbid", frozen=True),
+    **{name: (methods.params_class(name), methods.params_class(name)()) for name in methods.names()})
+
+
+class TeacherParams(Section):
+    arch: ArchName = "resnet20"
+    seed: int = 0
+    train: TrainParams = TrainParams()
+
+
+class StudentParams(Section):
+    arch: ArchName = "resnet8"
+    train: TrainParams = TrainParams()
+
+
+class ReportParams(Section):
+    pass
+
+
+class Params(Section):
+    seed: int = 0  # the students' seed (baseline and distilled); the teacher has its own
+    method: MethodName = "kd"
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    student: StudentParams = StudentParams()
+    methods: MethodsParams = MethodsParams()
+    report: ReportParams = ReportParams()
+
+    def method_params(self, name: str | None = None) -> BaseModel:
+        """The validated hyperparameters of a method (defaults where params.yaml names none)."""
+        return getattr(self.methods, name or self.method)
+
+
+def _first_error(e: ValidationError) -> tuple[str, str]:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt? the valid keys are in params.yaml and engine/params.py)"
+    elif err["type"] == "missing":
+        msg = "missing"
+    elif "input" in err and err["type"] not in ("value_error",):
+        msg = f"{msg} (got {err['input']!r})"
+    return loc, msg
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        loc, msg = _first_error(e)
+        raise KdlensError(f"{source}: {loc}: {msg}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise KdlensError(f"{path}: not found; run from the project root (where dvc.yaml is)") from None
+    except yaml.YAMLError as e:
+        raise KdlensError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise KdlensError(f"{path}: must be a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their JSON text (MLflow params are strings)."""
+    if isinstance(d, BaseModel):
+        d = d.model_dump()
+    if not isinstance(d, dict):
+        return {prefix: json.dumps(d) if isinstance(d, (list, tuple)) else d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def params_hash(section: Any) -> str:
+    """A short stable hash of a params slice: tags MLflow runs and keys resumable checkpoints."""
+    blob = json.dumps(flatten(section), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

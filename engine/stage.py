@@ -1,0 +1,49 @@
+"""What every stage entry point shares: clean one-line errors and a resumable work directory."""
+from __future__ import annotations
+
+import fcntl
+import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import KdlensError
+from .tracking import project_root
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's ``main``; a user error becomes one line on stderr and exit status 2."""
+    try:
+        main()
+    except KdlensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+@contextmanager
+def work_dir(stage: str, key: str) -> Iterator[Path]:
+    """A per-(stage, inputs) scratch directory that survives a killed run, so training can resume.
+
+    DVC deletes a stage's outputs before running it, so resumable state lives outside them, under
+    ``.dvc/tmp/kdlens/`` (git-ignored by DVC). It is removed once the stage succeeds. If another process
+    already holds the same directory (two queued experiments with identical inputs), this one gets a
+    private directory and simply does not resume.
+    """
+    root = project_root()
+    base = root / ".dvc" / "tmp" / "kdlens" if (root / ".dvc").is_dir() else Path(tempfile.gettempdir()) / "kdlens"
+    path = base / f"{stage.replace('@', '-')}-{key}"
+    path.mkdir(parents=True, exist_ok=True)
+    lock = open(path / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        lock, path = None, Path(tempfile.mkdtemp(prefix=f"kdlens-{stage}-"))
+    try:
+        yield path
+    finally:
+        if lock is not None:
+            lock.close()
+    shutil.rmtree(path, ignore_errors=True)  # reached only when the body succeeded

@@ -1,0 +1,193 @@
+"""The training loop. It sums a dict of named loss terms and knows nothing about any method.
+
+One step: student forward -> (frozen teacher forward) -> ``method.losses(...)`` -> sum -> backward.
+Per epoch it records every term's mean value, the gradient norm each term alone sends into the student
+(on the epoch's first batch: a term whose gradient is zero shows up at a glance), lr, accuracy and
+throughput. Training state is checkpointed atomically every epoch into ``work_dir``; a run started again
+with the same ``work_dir`` resumes from there instead of starting over.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint
+from .loader import Loader, epoch_generator
+from .params import TrainParams
+
+LAST = "last.pt"
+
+
+def kept_name(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.pt"
+
+
+def lr_at(cfg: TrainParams, epoch_progress: float) -> float:
+    """Learning rate at a fractional epoch (0 = start of training): linear warm-up, then cosine or steps."""
+    if cfg.warmup_epochs and epoch_progress < cfg.warmup_epochs:
+        return cfg.lr * (epoch_progress + 1e-8) / cfg.warmup_epochs
+    if cfg.schedule == "cosine":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+        t = min(max(epoch_progress - cfg.warmup_epochs, 0.0) / span, 1.0)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    passed = sum(1 for m in cfg.milestones if epoch_progress >= m)
+    return cfg.lr * cfg.gamma**passed
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Loader, desc: str = "eval") -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = loss_sum = 0.0
+    k = None
+    for x, y, _ in tqdm(loader.batches(), total=len(loader), desc=desc, leave=False, disable=None):
+        logits = model(x)[0].float()
+        k = k or min(5, logits.shape[1])
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        topk = logits.topk(k, dim=1).indices
+        correct1 += (topk[:, 0] == y).sum().item()
+        correct5 += (topk == y[:, None]).any(dim=1).sum().item()
+    model.train(was_training)
+    n = loader.num_samples
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
+
+
+def term_grad_norms(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, float]:
+    """L2 norm of the gradient each term alone sends into ``params`` (the student's weights)."""
+    norms = {}
+    for name, value in terms.items():
+        if not value.requires_grad:
+            norms[name] = 0.0
+            continue
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        sq = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
+        norms[name] = math.sqrt(sq)
+    return norms
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    kept: dict[int, Path] = field(default_factory=dict)  # epoch -> checkpoint path in work_dir
+    resumed_from: int = 0
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, train: Loader, test: Loader, *,
+        seed: int, work_dir: str | Path, teacher: torch.nn.Module | None = None, name: str = "train",
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Train ``student`` (and the method's own parts) for ``cfg.epochs`` epochs; resume from ``work_dir``."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    device = train.images.device
+    use_amp = cfg.amp and device.type == "cuda"
+    student_params = [p for p in student.parameters() if p.requires_grad]
+    params = student_params + [p for p in method.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    result = FitResult()
+    start_epoch = 1
+    last = work_dir / LAST
+    if last.exists():
+        state = checkpoint.load(last, map_location=device, required=("student", "method", "optimizer", "epoch"))
+        student.load_state_dict(state["student"])
+        method.load_state_dict(state["method"])
+        optimizer.load_state_dict(state["optimizer"])
+        result.history = json.loads(state["history"])
+        start_epoch = state["epoch"] + 1
+        result.resumed_from = state["epoch"]
+        print(f"[{name}] resuming from {last} after epoch {state['epoch']}", file=sys.stderr)
+    for path in sorted(work_dir.glob("epoch_*.pt")):
+        result.kept[int(path.stem.split("_")[1])] = path
+    if 0 in cfg.keep_epochs and 0 not in result.kept:
+        result.kept[0] = _keep(work_dir, student, 0)
+
+    steps_per_epoch = len(train)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        # Anything stochastic inside the step (dropout, sampling in a method) is seeded per epoch, so a
+        # resumed run continues exactly as an uninterrupted one.
+        torch.manual_seed(epoch_generator(seed, epoch, stream=1).initial_seed())
+        student.train()
+        method.train()
+        sums: dict[str, float] = {}
+        grad_norms: dict[str, float] = {}
+        correct = seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(train.batches(epoch), total=steps_per_epoch, desc=f"{name} {epoch}/{cfg.epochs}",
+                   leave=False, disable=None)
+        for step, (x, y, idx) in enumerate(bar):
+            lr = lr_at(cfg, epoch - 1 + step / steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                s_out = student(x)
+                t_out = None
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_out = teacher(x)
+                terms = method.losses(s_out, t_out, y, idx, epoch)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{name}] loss is {loss.item()} at epoch {epoch} step {step}; "
+                                         "lower the learning rate or the method's weights")
+            if step == 0:
+                grad_norms = term_grad_norms(terms, student_params)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            correct += int((s_out[0].detach().argmax(1) == y).sum())
+            seen += len(y)
+        train_time = time.perf_counter() - t0
+        ev = evaluate(student, test, desc=f"{name} test")
+        record = {
+            "epoch": epoch,
+            "lr": lr_at(cfg, epoch - 1),
+            **{f"train/{k}": v / steps_per_epoch for k, v in sums.items()},
+            **{f"gradnorm/{k}": v for k, v in grad_norms.items()},
+            "train/top1": 100.0 * correct / max(seen, 1),
+            "test/top1": ev["top1"],
+            "test/top5": ev["top5"],
+            "test/loss": ev["loss"],
+            "images_per_s": seen / max(train_time, 1e-9),
+            "epoch_seconds": train_time,
+        }
+        result.history.append(record)
+        print(f"[{name}] epoch {epoch}/{cfg.epochs} loss {record['train/loss']:.4f} "
+              f"train {record['train/top1']:.2f}% test {ev['top1']:.2f}% "
+              f"({record['images_per_s']:.0f} img/s)", file=sys.stderr, flush=True)
+        if epoch in cfg.keep_epochs:
+            result.kept[epoch] = _keep(work_dir, student, epoch)
+        checkpoint.save(last, {"student": student.state_dict(), "method": method.state_dict(),
+                               "optimizer": optimizer.state_dict(), "epoch": epoch,
+                               "history": json.dumps(result.history)})
+        if on_epoch is not None:
+            on_epoch(record)
+    return result
+
+
+def _keep(work_dir: Path, student: torch.nn.Module, epoch: int) -> Path:
+    path = work_dir / kept_name(epoch)
+    checkpoint.save(path, {"model": student.state_dict(), "epoch": epoch})
+    return path

@@ -1,0 +1,1 @@
+"""Explanations of what a network learned: plots now; sigma estimation, knowledge metrics, CAMs later."""

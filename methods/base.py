@@ -1,0 +1,68 @@
+"""What a distillation method is in kdlens.
+
+A method is an ``nn.Module`` that owns only its *own* learnable parts (connectors, embeddings, memory
+banks) and turns one training step's outputs into a dict of **weighted**, named loss terms. The trainer
+sums the dict; it knows nothing else about any method. Each method module also exports its pure loss
+function on tensors (e.g. ``kd_loss``), which is what the unit tests check by hand.
+
+Student and teacher are reached through ``self.ctx`` (a plain dataclass, so their weights are never
+registered as the method's parameters nor saved in its state dict).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from models.base import Features
+
+Output = tuple[torch.Tensor, Features]  # (logits, features) as every model returns them
+
+
+class MethodParams(BaseModel):
+    """Base of every method's hyperparameter schema (``methods.<name>`` in params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class MethodContext:
+    student: nn.Module
+    teacher: nn.Module | None
+    num_classes: int
+    num_train: int  # size of the training set (memory banks are indexed by sample)
+    input_size: int = 32
+
+
+class MethodNotApplicable(ValueError):
+    """This method is not defined for this student/teacher pair (e.g. shapes it cannot align)."""
+
+
+class Method(nn.Module):
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, params: MethodParams, ctx: MethodContext):
+        super().__init__()
+        if self.needs_teacher and ctx.teacher is None:
+            raise MethodNotApplicable(f"method {self.name!r} needs a teacher")
+        self.params = params
+        self.ctx = ctx
+
+    def losses(self, student: Output, teacher: Output | None, targets: torch.Tensor,
+               index: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+        """Weighted loss terms for one batch. ``epoch`` counts from 1 (for warm-ups)."""
+        raise NotImplementedError
+
+    def extra_parameter_count(self) -> int:
+        """Trainable parameters and buffers the method adds on top of the student (mdistiller's 'extra cost')."""
+        return sum(p.numel() for p in self.parameters()) + sum(b.numel() for b in self.buffers())
+
+
+def cross_entropy_term(logits: torch.Tensor, targets: torch.Tensor, weight: float) -> torch.Tensor:
+    return weight * F.cross_entropy(logits, targets)

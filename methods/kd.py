@@ -1,0 +1,42 @@
+"""``kd``: Hinton et al., "Distilling the Knowledge in a Neural Network" (2015).
+
+    L = w_ce * CE(z_s, y) + w_kd * T^2 * (1/B) * sum_b KL( softmax(z_t/T) || softmax(z_s/T) )
+
+The T^2 factor keeps the soft-target gradient on the scale of the CE gradient as T changes.
+Defaults are the CIFAR recipe of mdistiller/RepDistiller: T=4, w_ce=0.1, w_kd=0.9.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from .base import Method, MethodParams, cross_entropy_term
+from .registry import register
+
+
+def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * batch-mean KL(p_t^T || p_s^T)."""
+    log_p_s = F.log_softmax(logits_s / temperature, dim=1)
+    log_p_t = F.log_softmax(logits_t / temperature, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
+    return kl * temperature**2
+
+
+class KDParams(MethodParams):
+    T: float = Field(4.0, gt=0)
+    ce_weight: float = Field(0.1, ge=0)
+    kd_weight: float = Field(0.9, ge=0)
+
+
+@register
+class KD(Method):
+    name = "kd"
+    Params = KDParams
+
+    def losses(self, student, teacher, targets, index, epoch):
+        p = self.params
+        return {
+            "ce": cross_entropy_term(student[0], targets, p.ce_weight),
+            "kd": p.kd_weight * kd_loss(student[0], teacher[0].detach(), p.T),
+        }

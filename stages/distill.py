@@ -1,0 +1,22 @@
+"""Stage ``distill``: train the student with the method named by ``method``, from the trained teacher."""
+from engine.jobs import TrainJob, run_train_job
+from engine.params import load_params
+from engine.stage import run_stage
+
+from .paths import CURVES, DATA, METRICS, PARAMS, role_dir
+
+
+def main() -> None:
+    p = load_params(PARAMS)
+    method_params = p.method_params()
+    run_train_job(TrainJob(
+        stage="distill", arch=p.student.arch, train=p.student.train, seed=p.seed,
+        method=p.method, method_params=method_params, data_dir=DATA, out_dir=role_dir("student"),
+        metrics_path=METRICS / "student.json", curves_path=CURVES / "student.json",
+        teacher_path=role_dir("teacher") / "model.pt",
+        params_slice={"seed": p.seed, "method": p.method, "student": p.student.model_dump(),
+                      f"methods.{p.method}": method_params.model_dump()}))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,13 @@
+"""Where every stage reads and writes (must match dvc.yaml)."""
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DATA = Path("data/prepared")
+METRICS = Path("metrics")
+CURVES = METRICS / "curves"
+REPORTS = Path("reports")
+
+
+def role_dir(role: str) -> Path:
+    """data/teacher, data/baseline, data/student: final weights and kept checkpoints."""
+    return Path("data") / role

@@ -1,0 +1,20 @@
+"""Stage ``train_baseline``: the student architecture trained on labels alone ("learning from raw data")."""
+from engine.jobs import TrainJob, run_train_job
+from engine.params import load_params
+from engine.stage import run_stage
+
+from .paths import CURVES, DATA, METRICS, PARAMS, role_dir
+
+
+def main() -> None:
+    p = load_params(PARAMS)
+    run_train_job(TrainJob(
+        stage="train_baseline", arch=p.student.arch, train=p.student.train, seed=p.seed,
+        method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("baseline"),
+        metrics_path=METRICS / "baseline.json", curves_path=CURVES / "baseline.json",
+        params_slice={"seed": p.seed, "student": p.student.model_dump(),
+                      "methods.ce": p.method_params("ce").model_dump()}))
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,43 @@
+import copy
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def tiny_params() -> dict:
+    """The project's params.yaml shrunk to seconds: small scenes, small nets, two epochs."""
+    p = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    p["data"]["scenes"].update(n_train=192, n_test=96)
+    for role in ("teacher", "student"):
+        p[role]["arch"] = "resnet8"
+        p[role]["train"].update(epochs=2, batch_size=32, eval_batch_size=96, keep_epochs=[])
+    p["student"]["train"]["keep_epochs"] = [0, 2]
+    return p
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("mlflow_tpl") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{db}").search_experiments()  # run the schema migrations once
+    return db
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch, _mlflow_template_db):
+    """A fresh SQLite tracking store for one test (copied from a migrated template: fast)."""
+    db = tmp_path / "mlflow.db"
+    shutil.copy(_mlflow_template_db, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield mlflow.MlflowClient(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)

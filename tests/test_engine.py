@@ -1,0 +1,136 @@
+"""The training engine: augmentation purity, schedules, determinism, resume, checkpoints."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import methods
+from engine import checkpoint
+from engine.datasets.store import Split
+from engine.errors import KdlensError
+from engine.loader import Loader, crop_flip, epoch_plan
+from engine.params import TrainParams
+from engine.trainer import fit, lr_at
+from models.base import Classifier, Features
+
+
+class TinyNet(Classifier):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.classifier = nn.Linear(8, num_classes)
+
+    def extract(self, x):
+        pre = self.bn(self.conv(x))
+        f = torch.relu(pre)
+        return Features(stem=f, stages=[f], preact=[pre], pooled=f.mean((2, 3)))
+
+
+def _split(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    images = rng.integers(0, 60, (n, 3, 8, 8), dtype=np.uint8)
+    images[:, labels % 3, 2:6, 2:6] += 150  # learnable: the label is the bright channel
+    images[np.arange(n), labels, 2:6, 2:6] = 250
+    return Split(images=images, labels=labels.astype(np.int64))
+
+
+def _loaders(seed=0):
+    train, test = _split(48, 0), _split(24, 1)
+    mean, std = [0.3] * 3, [0.3] * 3
+    dev = torch.device("cpu")
+    return (Loader(train, mean, std, 16, dev, augment=True, shuffle=True, seed=seed),
+            Loader(test, mean, std, 24, dev))
+
+
+def _fit(tmp_path, epochs=3, on_epoch=None, keep=()):
+    torch.manual_seed(0)
+    model = TinyNet()
+    ctx = methods.MethodContext(student=model, teacher=None, num_classes=3, num_train=48)
+    method = methods.create("ce", methods.params_class("ce")(), ctx)
+    cfg = TrainParams(epochs=epochs, batch_size=16, lr=0.1, keep_epochs=list(keep))
+    train, test = _loaders()
+    return model, fit(model, method, cfg, train, test, seed=0, work_dir=tmp_path, on_epoch=on_epoch)
+
+
+def _comparable(history):
+    return [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")} for r in history]
+
+
+def test_augmentation_is_a_pure_function_of_seed_epoch_and_index():
+    a, b = epoch_plan(100, 7, 3, True, True), epoch_plan(100, 7, 3, True, True)
+    assert torch.equal(a.order, b.order) and torch.equal(a.offsets, b.offsets) and torch.equal(a.flips, b.flips)
+    c = epoch_plan(100, 7, 4, True, True)
+    assert not torch.equal(a.offsets, c.offsets)
+
+
+def test_crop_flip_matches_a_per_sample_reference():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    offsets = torch.tensor([[0, 8], [4, 4]])
+    flips = torch.tensor([False, True])
+    out = crop_flip(x, offsets, flips)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    ref0 = padded[0, :, 0:5, 8:13]
+    ref1 = padded[1, :, 4:9, 4:9].flip(-1)
+    assert torch.equal(out[0], ref0) and torch.equal(out[1], ref1)
+
+
+def test_lr_schedules():
+    cos = TrainParams(epochs=10, lr=1.0, schedule="cosine", warmup_epochs=2)
+    assert lr_at(cos, 1.0) == pytest.approx(0.5)  # half-way through the linear warm-up
+    assert lr_at(cos, 2.0) == pytest.approx(1.0)
+    assert lr_at(cos, 6.0) == pytest.approx(0.5)
+    assert lr_at(cos, 10.0) == pytest.approx(0.0, abs=1e-12)
+    steps = TrainParams(epochs=10, lr=1.0, schedule="multistep", milestones=[5, 8], gamma=0.1)
+    assert [lr_at(steps, e) for e in (0, 4.9, 5, 8)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+def test_training_learns_and_is_deterministic(tmp_path):
+    _, a = _fit(tmp_path / "a")
+    _, b = _fit(tmp_path / "b")
+    assert _comparable(a.history) == _comparable(b.history)
+    assert a.final["test/top1"] > 60.0  # three separable classes: well above chance (33%)
+    assert set(a.final) >= {"lr", "train/ce", "train/loss", "gradnorm/ce", "test/top1", "test/top5", "images_per_s"}
+    assert a.final["gradnorm/ce"] > 0
+
+
+def test_killed_run_resumes_from_last_checkpoint_and_matches(tmp_path):
+    _, full = _fit(tmp_path / "full", keep=(0, 2, 3))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(record):
+        if record["epoch"] == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _fit(tmp_path / "run", on_epoch=kill_after_2, keep=(0, 2, 3))
+    model, resumed = _fit(tmp_path / "run", keep=(0, 2, 3))
+    assert resumed.resumed_from == 2
+    assert _comparable(resumed.history) == _comparable(full.history)
+    assert sorted(resumed.kept) == [0, 2, 3]
+    saved = checkpoint.load(resumed.kept[3], required=("model", "epoch"))
+    assert all(torch.equal(saved["model"][k], v) for k, v in model.state_dict().items())
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "last.pt"
+    checkpoint.save(path, {"a": torch.zeros(3)})
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(KdlensError, match=r"last\.pt: corrupt"):
+        checkpoint.load(path)
+    with pytest.raises(KdlensError, match="not found"):
+        checkpoint.load(tmp_path / "nope.pt")
+
+
+class Arbitrary:
+    """Any class: unpickling it would run code, so weights_only loading must refuse it."""
+
+
+def test_checkpoints_refuse_pickled_objects(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "meta": {"x": Arbitrary()}}, path)
+    with pytest.raises(KdlensError, match="evil.pt"):
+        checkpoint.load(path)

@@ -1,0 +1,60 @@
+import pytest
+import yaml
+
+import methods
+from conftest import ROOT, tiny_params
+from engine.errors import KdlensError
+from engine.params import flatten, load_params, params_hash, parse_params
+
+
+def test_project_params_validate():
+    p = load_params(ROOT / "params.yaml")
+    assert p.data.name == "scenes"
+    assert p.method_params("kd").T == 4.0
+
+
+@pytest.mark.parametrize("patch, expected", [
+    (lambda p: p.update(method="nope"), "method: unknown method 'nope'; choose one of: " + ", ".join(methods.names())),
+    (lambda p: p["data"].update(name="mnist"), "data.name"),
+    (lambda p: p["teacher"].update(arch="resnet9000"), "teacher.arch: unknown model 'resnet9000'; choose one of: "),
+    (lambda p: p["student"]["train"].update(epochs=-3), "student.train.epochs"),
+    (lambda p: p["student"]["train"].update(epochz=3), "student.train.epochz: unknown key"),
+    (lambda p: p["methods"]["kd"].update(T=-1), "methods.kd.T: Input should be greater than 0"),
+    (lambda p: p["methods"].update(foo={}), "methods.foo: unknown key"),
+    (lambda p: p["student"]["train"].update(keep_epochs=[99]), "keep_epochs"),
+    (lambda p: p["student"].pop("train") and p["student"].update(train="x"), "student.train"),
+])
+def test_bad_params_give_one_line_naming_the_key(patch, expected):
+    raw = tiny_params()
+    patch(raw)
+    with pytest.raises(KdlensError) as e:
+        parse_params(raw)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert expected in msg, msg
+    assert msg.startswith("params.yaml: ")
+
+
+def test_negative_epoch_message_says_what_is_valid():
+    raw = tiny_params()
+    raw["teacher"]["train"]["epochs"] = -1
+    with pytest.raises(KdlensError, match=r"teacher\.train\.epochs: Input should be greater than or equal to 1"):
+        parse_params(raw)
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(KdlensError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(KdlensError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(KdlensError, match="must be a mapping"):
+        load_params(bad)
+
+
+def test_flatten_and_hash_are_stable():
+    assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "[1, 2]"}
+    assert params_hash({"x": 1, "y": 2}) == params_hash({"y": 2, "x": 1})
+    assert params_hash({"x": 1}) != params_hash({"x": 2})

@@ -1,0 +1,128 @@
+"""The whole pipeline, for real: `dvc repro` on a tiny profile in a temporary git repo.
+
+Checks the outputs, the MLflow runs (one per executed stage, with tags, run ids echoed in the metrics
+JSON), that a second `dvc repro` does nothing, that `dvc exp run -S method=ce` re-runs only `distill`
+and `report`, and that bad params stop a stage before any work with one line.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import ROOT, tiny_params
+
+BIN = Path(sys.executable).parent
+
+
+def _env(repo: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
+               TQDM_DISABLE="1")
+    return env
+
+
+def _run(repo, *cmd, check=True):
+    out = subprocess.run(cmd, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def _project_files():
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()
+    skip = ("tests/", "bench/", "metrics/", "reports/", "data/", "dvc.lock")
+    return [f for f in listed if not f.startswith(skip) and (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("kdlens")
+    for f in _project_files():
+        (repo / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, repo / f)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    _run(repo, "git", "init", "-q")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "tiny kdlens")
+    return repo
+
+
+def _runs(repo):
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdlens-scenes")
+    return client, (client.search_runs([exp.experiment_id]) if exp else [])
+
+
+STAGES = ["prepare_data", "train_teacher", "train_baseline", "distill", "report"]
+
+
+def test_repro_runs_every_stage_and_tracks_it(repo):
+    _run(repo, "dvc", "repro")
+    for f in ["data/prepared/card.json", "data/teacher/model.pt", "data/baseline/model.pt",
+              "data/student/model.pt", "data/student/checkpoints/epoch_000.pt",
+              "data/student/checkpoints/epoch_002.pt", "reports/report.md", "reports/curves.png"]:
+        assert (repo / f).is_file(), f
+    report = json.loads((repo / "metrics/report.json").read_text())
+    assert report["method"] == "kd" and report["dataset"] == "scenes"
+    assert report["gain_over_baseline"] == pytest.approx(report["student_test_top1"] - report["baseline_test_top1"])
+
+    client, runs = _runs(repo)
+    by_stage = {r.data.tags["kdlens.stage"]: r for r in runs}
+    assert sorted(by_stage) == sorted(STAGES) and len(runs) == len(STAGES)
+    distill = by_stage["distill"]
+    assert distill.data.tags["kdlens.method"] == "kd"
+    assert len(distill.data.tags["git.commit"]) == 40 and distill.data.tags["params_hash"]
+    assert distill.data.params["methods.kd.T"] == "4.0"
+    assert distill.info.status == "FINISHED"
+    history = client.get_metric_history(distill.info.run_id, "test/top1")
+    assert [m.step for m in history] == [1, 2]
+    for key in ("train/kd", "train/ce", "gradnorm/kd", "gradnorm/ce", "lr", "images_per_s"):
+        assert key in distill.data.metrics, key
+    for role, stage in [("teacher", "train_teacher"), ("baseline", "train_baseline"), ("student", "distill")]:
+        summary = json.loads((repo / f"metrics/{role}.json").read_text())
+        assert summary["mlflow_run_id"] == by_stage[stage].info.run_id
+        assert report["networks"][role]["mlflow_run_id"] == summary["mlflow_run_id"]
+    assert "plots/training_curves.png" in [a.path for a in client.list_artifacts(distill.info.run_id, "plots")]
+    md = (repo / "reports/report.md").read_text()
+    assert distill.info.run_id in md and "distilled student" in md
+
+
+def test_second_repro_does_nothing(repo):
+    out = _run(repo, "dvc", "repro")
+    assert "didn't change" in out.stdout or "up to date" in out.stdout.lower(), out.stdout
+    assert len(_runs(repo)[1]) == len(STAGES)
+    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+def test_exp_run_other_method_reruns_only_distill_and_report(repo):
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "first repro")
+    before = {r.info.run_id for r in _runs(repo)[1]}
+    _run(repo, "dvc", "exp", "run", "-S", "method=ce", "-n", "ce-run")
+    new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
+    assert sorted(r.data.tags["kdlens.stage"] for r in new) == ["distill", "report"]
+    assert all(r.data.tags["dvc.exp_name"] == "ce-run" for r in new)
+    assert json.loads((repo / "metrics/report.json").read_text())["method"] == "ce"
+    shown = json.loads(_run(repo, "dvc", "exp", "show", "--json").stdout)
+    assert "ce-run" in json.dumps(shown)
+
+
+def test_bad_params_stop_the_stage_with_one_line_and_keep_outputs(repo):
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["method"] = "nope"
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    model = (repo / "data/student/model.pt").read_bytes()
+    out = _run(repo, sys.executable, "-m", "stages.distill", check=False)
+    assert out.returncode == 2
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert lines == [lines[0]] and lines[0].startswith("error: params.yaml: method: unknown method 'nope'")
+    assert (repo / "data/student/model.pt").read_bytes() == model
+    _run(repo, "git", "checkout", "params.yaml")
