@@ -154,7 +154,8 @@ class StagedClassifier(Classifier):
         stem = self.stem(x)
         h, pre = stem, None
         outs, pres = [], []
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
+            h = self.stage_input(i, h, x)
             h, pre = stage.forward_pre(h, pre)
             outs.append(h)
             pres.append(pre)
@@ -163,6 +164,10 @@ class StagedClassifier(Classifier):
             outs.append(h)
             pres.append(pre)
         return make_features(stem, outs, pres)
+
+    def stage_input(self, i: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Hook: the map fed to stage ``i`` given the network input ``x`` (identity; VGG overrides it)."""
+        return h
 
     def bn_before_relu(self) -> list[nn.Module]:
         bns = [stage.out_bn for stage in self.stages]

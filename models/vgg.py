@@ -7,9 +7,8 @@ blocks 0, 1, 2 (and block 3 only when built for 64x64 inputs), then global avera
 
 Features: ``stem`` = block 0 output (64, 32, 32); ``stages`` = blocks 1-4 after their ReLU
 ((128,16,16), (256,8,8), (512,4,4), (512,4,4) for 32x32), each stage being [max-pool, convs]; ``preact``
-= the last BN output of each block. Deviation: the reference decides whether to apply the fourth
-max-pool per forward call from the input height (== 64); here it is fixed at construction by
-``input_size`` (default 32, what ``create`` builds).
+= the last BN output of each block. As in the reference, the fourth max-pool is applied per forward
+call only when the input is 64 pixels high (so 32x32 and 64x64 inputs both end at 4x4).
 """
 from __future__ import annotations
 
@@ -38,15 +37,19 @@ def _convs(cin: int, widths: list[int]) -> list[ConvBNAct]:
 
 
 class VGG(StagedClassifier):
-    def __init__(self, cfg: str, num_classes: int, input_size: int = 32):
+    def __init__(self, cfg: str, num_classes: int):
         blocks = CONFIGS[cfg]
         stem = Stage(*_convs(3, blocks[0]))
         stages = []
         for i in range(1, 5):
-            pool = [nn.MaxPool2d(2, 2)] if i < 4 or input_size == 64 else []
+            pool = [nn.MaxPool2d(2, 2)] if i < 4 else []  # the fourth pool is conditional: stage_input
             stages.append(Stage(*pool, *_convs(blocks[i - 1][-1], blocks[i])))
         super().__init__(stem, stages, blocks[4][-1], num_classes)
+        self.pool3 = nn.MaxPool2d(2, 2)
         init_weights(self, linear="normal")
+
+    def stage_input(self, i, h, x):
+        return self.pool3(h) if i == 3 and x.shape[2] == 64 else h
 
 
 for _name, _cfg in (("vgg8", "S"), ("vgg11", "A"), ("vgg13", "B"), ("vgg16", "D"), ("vgg19", "E")):

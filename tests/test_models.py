@@ -154,8 +154,9 @@ def test_preact_is_exactly_bn_output(name):
         torch.testing.assert_close(pre, bn.bias.detach().view(1, -1, 1, 1).expand_as(pre))
 
 
-@pytest.mark.parametrize("name", ["wrn_16_2", "ShuffleV2", "MobileNetV2", "vgg8", "resnet20", "ShuffleV1"])
+@pytest.mark.parametrize("name", ["wrn_16_1", "ShuffleV2"])
 def test_each_batchnorm_runs_once_per_training_forward(name):
+    """WRN reuses the next group's BN output for ``preact``; it must not normalise the map twice."""
     model = models.create(name, NUM_CLASSES).train()
     with torch.no_grad():
         model(torch.randn(2, 3, 32, 32))
