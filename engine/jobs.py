@@ -62,7 +62,8 @@ class TrainJob:
 
 def build_method(name: str, params: methods.MethodParams, student, teacher, data: Prepared):
     ctx = methods.MethodContext(student=student, teacher=teacher, num_classes=data.num_classes,
-                                num_train=len(data.train.labels), input_size=data.train.images.shape[-1])
+                                num_train=len(data.train.labels), input_size=data.train.images.shape[-1],
+                                train_labels=torch.from_numpy(data.train.labels))
     try:
         return methods.create(name, params, ctx)
     except methods.MethodNotApplicable as e:

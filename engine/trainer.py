@@ -79,24 +79,115 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     kept: dict[int, Path] = field(default_factory=dict)  # epoch -> checkpoint path in work_dir
     resumed_from: int = 0
+    phases: dict[str, list[dict]] = field(default_factory=dict)  # extra phase name -> its epoch records
 
     @property
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
 
 
+def _sgd(params, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                           weight_decay=weight_decay)
+
+
+def _train_epoch(student, teacher, loss_fn, optimizer, scaler, train: Loader, epoch: int, lr_of_step,
+                 desc: str, grad_params: list, use_amp: bool) -> dict:
+    """One pass over the training set: forward, sum the named terms, step. Returns the epoch's means."""
+    device = train.images.device
+    steps = len(train)
+    sums: dict[str, float] = {}
+    grad_norms: dict[str, float] = {}
+    correct = seen = 0
+    t0 = time.perf_counter()
+    for step, (x, y, idx) in enumerate(tqdm(train.batches(epoch), total=steps, desc=desc, leave=False,
+                                            disable=None)):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_of_step(step / steps)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            s_out = student(x)
+            t_out = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_out = teacher(x)
+            terms = loss_fn(s_out, t_out, y, idx, epoch)
+        loss = sum(terms.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {step}; "
+                                     "lower the learning rate or the method's weights")
+        if step == 0:
+            grad_norms = term_grad_norms(terms, grad_params)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        correct += int((s_out[0].detach().argmax(1) == y).sum())
+        seen += len(y)
+    seconds = time.perf_counter() - t0
+    return {
+        **{f"train/{k}": v / steps for k, v in sums.items()},
+        **{f"gradnorm/{k}": v for k, v in grad_norms.items()},
+        "train/top1": 100.0 * correct / max(seen, 1),
+        "images_per_s": seen / max(seconds, 1e-9),
+        "epoch_seconds": seconds,
+    }
+
+
+def _seed_epoch(seed: int, epoch: int, stream: int) -> None:
+    # Anything stochastic inside a step (dropout, a method's sampling) is seeded per epoch, so a resumed
+    # run continues exactly as an uninterrupted one.
+    torch.manual_seed(epoch_generator(seed, epoch, stream=stream).initial_seed())
+
+
+def _run_phases(method, student, teacher, train: Loader, seed: int, name: str, use_amp: bool,
+                on_epoch) -> dict[str, list[dict]]:
+    """The method's extra phases (e.g. FT's paraphraser pre-training), before the main training."""
+    out = {}
+    for n, phase in enumerate(method.phases()):
+        # A phase trains its parameters even if they are frozen for the main training (FT's paraphraser).
+        flags = [p.requires_grad for p in phase.parameters]
+        for p in phase.parameters:
+            p.requires_grad_(True)
+        optimizer = _sgd(phase.parameters, phase.lr, phase.momentum, False, phase.weight_decay)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        student.eval()  # the student is not trained in a phase unless the phase lists its parameters
+        records = []
+        for epoch in range(1, phase.epochs + 1):
+            _seed_epoch(seed, epoch, stream=100 + n)
+            for module in phase.train_modules:
+                module.train()
+            rec = _train_epoch(student, teacher, phase.losses, optimizer, scaler, train, epoch,
+                               lambda _: phase.lr, f"{name} {phase.name} {epoch}/{phase.epochs}",
+                               phase.parameters, use_amp)
+            rec = {f"phase/{phase.name}/{k}": v for k, v in rec.items()}
+            records.append(rec)
+            print(f"[{name}] phase {phase.name} epoch {epoch}/{phase.epochs} "
+                  f"loss {rec[f'phase/{phase.name}/train/loss']:.4f}", file=sys.stderr, flush=True)
+            if on_epoch is not None:
+                on_epoch({"epoch": epoch, **rec})
+        out[phase.name] = records
+        for p, flag in zip(phase.parameters, flags):
+            p.requires_grad_(flag)
+    return out
+
+
 def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, train: Loader, test: Loader, *,
         seed: int, work_dir: str | Path, teacher: torch.nn.Module | None = None, name: str = "train",
         on_epoch: Callable[[dict], None] | None = None) -> FitResult:
-    """Train ``student`` (and the method's own parts) for ``cfg.epochs`` epochs; resume from ``work_dir``."""
+    """Train ``student`` (and the method's own parts) for ``cfg.epochs`` epochs; resume from ``work_dir``.
+
+    ``on_epoch`` receives every epoch's record (extra phases' records carry ``phase/<name>/`` keys).
+    """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = train.images.device
     use_amp = cfg.amp and device.type == "cuda"
     student_params = [p for p in student.parameters() if p.requires_grad]
     params = student_params + [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                weight_decay=cfg.weight_decay)
+    optimizer = _sgd(params, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     if teacher is not None:
         teacher.eval()
@@ -119,60 +210,19 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         result.kept[int(path.stem.split("_")[1])] = path
     if 0 in cfg.keep_epochs and 0 not in result.kept:
         result.kept[0] = _keep(work_dir, student, 0)
+    if start_epoch == 1:
+        result.phases = _run_phases(method, student, teacher, train, seed, name, use_amp, on_epoch)
 
-    steps_per_epoch = len(train)
     for epoch in range(start_epoch, cfg.epochs + 1):
-        # Anything stochastic inside the step (dropout, sampling in a method) is seeded per epoch, so a
-        # resumed run continues exactly as an uninterrupted one.
-        torch.manual_seed(epoch_generator(seed, epoch, stream=1).initial_seed())
+        _seed_epoch(seed, epoch, stream=1)
         student.train()
         method.train()
-        sums: dict[str, float] = {}
-        grad_norms: dict[str, float] = {}
-        correct = seen = 0
-        t0 = time.perf_counter()
-        bar = tqdm(train.batches(epoch), total=steps_per_epoch, desc=f"{name} {epoch}/{cfg.epochs}",
-                   leave=False, disable=None)
-        for step, (x, y, idx) in enumerate(bar):
-            lr = lr_at(cfg, epoch - 1 + step / steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                s_out = student(x)
-                t_out = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_out = teacher(x)
-                terms = method.losses(s_out, t_out, y, idx, epoch)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{name}] loss is {loss.item()} at epoch {epoch} step {step}; "
-                                         "lower the learning rate or the method's weights")
-            if step == 0:
-                grad_norms = term_grad_norms(terms, student_params)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            correct += int((s_out[0].detach().argmax(1) == y).sum())
-            seen += len(y)
-        train_time = time.perf_counter() - t0
+        rec = _train_epoch(student, teacher, method.losses, optimizer, scaler, train, epoch,
+                           lambda frac, e=epoch: lr_at(cfg, e - 1 + frac), f"{name} {epoch}/{cfg.epochs}",
+                           student_params, use_amp)
         ev = evaluate(student, test, desc=f"{name} test")
-        record = {
-            "epoch": epoch,
-            "lr": lr_at(cfg, epoch - 1),
-            **{f"train/{k}": v / steps_per_epoch for k, v in sums.items()},
-            **{f"gradnorm/{k}": v for k, v in grad_norms.items()},
-            "train/top1": 100.0 * correct / max(seen, 1),
-            "test/top1": ev["top1"],
-            "test/top5": ev["top5"],
-            "test/loss": ev["loss"],
-            "images_per_s": seen / max(train_time, 1e-9),
-            "epoch_seconds": train_time,
-        }
+        record = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), **rec,
+                  "test/top1": ev["top1"], "test/top5": ev["top5"], "test/loss": ev["loss"]}
         result.history.append(record)
         print(f"[{name}] epoch {epoch}/{cfg.epochs} loss {record['train/loss']:.4f} "
               f"train {record['train/top1']:.2f}% test {ev['top1']:.2f}% "

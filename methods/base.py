@@ -10,8 +10,8 @@ registered as the method's parameters nor saved in its state dict).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,33 @@ class MethodContext:
     num_classes: int
     num_train: int  # size of the training set (memory banks are indexed by sample)
     input_size: int = 32
+    train_labels: torch.Tensor | None = None  # [num_train] labels by dataset index (CRD's negatives)
+
+
+LossFn = Callable[[Output, "Output | None", torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Phase:
+    """An extra training phase a method runs before the main one (e.g. FT's paraphraser pre-training).
+
+    The trainer runs ``epochs`` epochs over the training set, optimising only ``parameters`` with SGD at
+    ``lr`` on the sum of ``losses`` (same signature as ``Method.losses``), and logs its terms under
+    ``phase/<name>/...``. The student's weights change only if they are among ``parameters``.
+
+    ``parameters`` are trainable during the phase whatever their ``requires_grad``; afterwards each gets
+    its flag back. So a part trained only in its phase (FT's paraphraser) is created with
+    ``requires_grad=False``: the main optimiser then never sees it, also when a resumed run skips phases.
+    """
+
+    name: str
+    epochs: int
+    lr: float
+    parameters: list[nn.Parameter]
+    losses: LossFn
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    train_modules: list[nn.Module] = field(default_factory=list)  # put in train mode during the phase
 
 
 class MethodNotApplicable(ValueError):
@@ -58,6 +85,10 @@ class Method(nn.Module):
                index: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         """Weighted loss terms for one batch. ``epoch`` counts from 1 (for warm-ups)."""
         raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        """Extra phases to run before the main training, in order (none by default)."""
+        return []
 
     def extra_parameter_count(self) -> int:
         """Trainable parameters and buffers the method adds on top of the student (mdistiller's 'extra cost')."""

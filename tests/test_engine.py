@@ -134,3 +134,45 @@ def test_checkpoints_refuse_pickled_objects(tmp_path):
     torch.save({"model": {}, "meta": {"x": Arbitrary()}}, path)
     with pytest.raises(KdlensError, match="evil.pt"):
         checkpoint.load(path)
+
+
+class _ProbeWithPhase(methods.Method):
+    """A method with a part trained only in its own phase (like FT's paraphraser)."""
+
+    name = "_probe_phase"
+    needs_teacher = False
+
+    def __init__(self, params, ctx):
+        super().__init__(params, ctx)
+        self.head = nn.Linear(8, 3)
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+
+    def _phase_losses(self, student, teacher, targets, index, epoch):
+        return {"probe": nn.functional.cross_entropy(self.head(student[1].pooled.detach()), targets)}
+
+    def phases(self):
+        return [methods.Phase("probe", epochs=2, lr=0.1, parameters=list(self.head.parameters()),
+                              losses=self._phase_losses, train_modules=[self.head])]
+
+    def losses(self, student, teacher, targets, index, epoch):
+        return {"ce": nn.functional.cross_entropy(student[0], targets)}
+
+
+def test_extra_phase_trains_only_its_parts_and_is_frozen_afterwards(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    method = _ProbeWithPhase(methods.MethodParams(), methods.MethodContext(model, None, 3, 48))
+    head_before = method.head.weight.clone()
+    student_before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainParams(epochs=1, batch_size=16, lr=1e-12, momentum=0.0, weight_decay=0.0)
+    train, test = _loaders()
+    result = fit(model, method, cfg, train, test, seed=0, work_dir=tmp_path)
+    assert len(result.phases["probe"]) == 2
+    assert "phase/probe/train/probe" in result.phases["probe"][0]
+    assert not torch.equal(method.head.weight, head_before)  # trained in its phase
+    assert not any(p.requires_grad for p in method.head.parameters())  # frozen again afterwards
+    # ~zero lr in the main phase, and the phase does not touch the student's weights (BN stats aside)
+    for k, v in model.state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.allclose(v, student_before[k], atol=1e-9), k
