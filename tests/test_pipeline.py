@@ -126,3 +126,139 @@ def test_bad_params_stop_the_stage_with_one_line_and_keep_outputs(repo):
     assert lines == [lines[0]] and lines[0].startswith("error: params.yaml: method: unknown method 'nope'")
     assert (repo / "data/student/model.pt").read_bytes() == model
     _run(repo, "git", "checkout", "params.yaml")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ui(repo):
+    """`make ui`'s server command, run against the test repo's store; returns (process, base URL)."""
+    import re
+    import time
+    import urllib.request
+
+    recipe = (ROOT / "Makefile").read_text().split("\nui:", 1)[1].split("\n\n", 1)[0]
+    cmd = " ".join(ln.strip().rstrip("\\") for ln in recipe.splitlines()[1:])
+    port = _free_port()
+    cmd = cmd.replace("$(BIN)/", f"{BIN}/").replace("$(UI_PORT)", str(port)).replace("$(CURDIR)", str(repo))
+    assert "--host 127.0.0.1" in cmd and not re.search(r"\$\(", cmd), cmd
+    server = subprocess.Popen(cmd.split(), cwd=repo, env=_env(repo), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{base}/health", timeout=2).read() == b"OK":
+                return server, base
+        except OSError:
+            time.sleep(0.5)
+    server.terminate()
+    raise AssertionError("MLflow UI did not answer /health within 60 s")
+
+
+def test_make_ui_serves_the_project_store(repo):
+    import urllib.request
+
+    server, base = _start_ui(repo)
+    try:
+        body = json.dumps({"experiment_ids": [_runs(repo)[0].get_experiment_by_name("kdlens-scenes").experiment_id]})
+        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+        stages = {t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "kdlens.stage"}
+        assert {"train_teacher", "distill", "report"} <= stages
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+SWEEP = ("at", "dkd")  # methods no earlier test ran, so both experiments execute and log fresh runs
+
+
+def test_unselected_method_params_rerun_nothing(repo):
+    _run(repo, "git", "checkout", "--", ".")
+    _run(repo, "dvc", "checkout", "--force")
+    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    assert p["method"] == "kd"
+    p["methods"]["dkd"]["beta"] = 2.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    _run(repo, "git", "checkout", "params.yaml")
+
+
+def _exp_rows(shown):
+    """(params, metrics) of every revision in `dvc exp show --json` output, whatever its nesting."""
+    rows = []
+    if isinstance(shown, dict):
+        data = shown.get("data")
+        if isinstance(data, dict) and "params" in data:
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            metrics = {k: (v or {}).get("data", {}) for k, v in (data.get("metrics") or {}).items()}
+            rows.append((shown.get("name"), params, metrics))
+        for v in shown.values():
+            rows += _exp_rows(v)
+    elif isinstance(shown, list):
+        for v in shown:
+            rows += _exp_rows(v)
+    return rows
+
+
+def test_queued_sweep_compares_methods_in_dvc_and_mlflow(repo):
+    import time
+
+    before = {r.info.run_id for r in _runs(repo)[1]}
+    _run(repo, "dvc", "exp", "run", "--queue", "-S", f"method={','.join(SWEEP)}")
+    _run(repo, "dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = _run(repo, "dvc", "queue", "status").stdout
+        if not any(s in status for s in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status
+    rows = _exp_rows(json.loads(_run(repo, "dvc", "exp", "show", "--json").stdout))
+    top1 = {p.get("method"): m.get("metrics/student.json", {}).get("test_top1") for _, p, m in rows}
+    for method in SWEEP:
+        assert isinstance(top1.get(method), float), (method, top1)
+    new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
+    distills = {r.data.tags["kdlens.method"]: r for r in new if r.data.tags["kdlens.stage"] == "distill"}
+    assert sorted(distills) == sorted(SWEEP)
+    for method, run in distills.items():
+        assert run.data.tags["dvc.exp_name"], "queued runs are tagged with their DVC experiment"
+        assert run.data.metrics["final/test_top1"] == pytest.approx(top1[method])
+    assert len({r.info.experiment_id for r in new}) == 1  # side by side in one MLflow experiment
+
+
+def test_mlflow_ui_shows_the_methods_side_by_side(repo):
+    if shutil.which("chromium") is None:
+        pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    client, runs = _runs(repo)
+    distills = {r.data.tags["kdlens.method"]: r for r in runs if r.data.tags["kdlens.stage"] == "distill"}
+    exp_id = runs[0].info.experiment_id
+    server, base = _start_ui(repo)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{base}/#/experiments/{exp_id}/runs", wait_until="domcontentloaded")
+            for method in SWEEP:
+                expect(page.get_by_text(distills[method].info.run_name).first).to_be_visible(timeout=30000)
+            for method in SWEEP:
+                run = distills[method]
+                page.goto(f"{base}/#/experiments/{exp_id}/runs/{run.info.run_id}", wait_until="domcontentloaded")
+                expect(page.get_by_text("final/test_top1").first).to_be_visible(timeout=30000)
+                shown = f"{run.data.metrics['final/test_top1']:.2f}"[:4]  # the UI rounds; its leading digits
+                expect(page.get_by_text(shown).first).to_be_visible(timeout=10000)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
