@@ -28,13 +28,13 @@ class Section(BaseModel):
 class ScenesParams(Section):
     """The embedded ``scenes`` dataset (digits over clutter); see engine/datasets/scenes.py."""
 
-    n_train: int = Field(3000, ge=10)
+    n_train: int = Field(4000, ge=10)
     n_test: int = Field(1000, ge=10)
     image_size: int = Field(32, ge=16, le=128)
     digit_size: tuple[int, int] = (12, 18)
-    clutter: float = Field(0.6, ge=0.0, le=1.0)
+    clutter: float = Field(0.35, ge=0.0, le=1.0)
     fragments: int = Field(4, ge=0, le=32)
-    noise: float = Field(0.15, ge=0.0, le=1.0)
+    noise: float = Field(0.08, ge=0.0, le=1.0)
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     seed: int = Field(0, ge=0)  # numpy seeds must be non-negative
 
@@ -121,6 +121,24 @@ class StudentParams(Section):
     train: TrainParams = TrainParams()
 
 
+class SupervisionParams(Section):
+    """Teacher-derived supervision (stage ``build_supervision``, engine/supervision.py; letKD spec B3/B4).
+
+    Defaults are the paper's CIFAR-100 values (k=4096, lda_dim=60); params.yaml sizes them for ``scenes``.
+    """
+
+    k: int = Field(4096, ge=1)  # k-means centroids of the teacher's last-stage locations
+    iterations: int = Field(20, ge=1)  # k-means iterations (penultimate and per-class sub-classes)
+    n_init: int = Field(1, ge=1)  # k-means restarts, best kept
+    seed: int = Field(0, ge=0)
+    inter_stage: int = -2  # index into the teacher's (and student's) Features.stages; not the last
+    lda_dim: int = Field(60, ge=1)  # LDA components (<= min(channels, classes - 1))
+    subclasses: int = Field(8, ge=1)  # k-means sub-classes per class
+    penult_size: int = Field(0, ge=0)  # average-pool the last-stage map to this side first (0 = as is)
+    inter_size: int = Field(0, ge=0)  # the same for the intermediate map
+    batch_size: int = Field(256, ge=1)  # teacher feature-extraction batch
+
+
 class ReportParams(Section):
     pass
 
@@ -132,6 +150,7 @@ class Params(Section):
     teacher: TeacherParams = TeacherParams()
     student: StudentParams = StudentParams()
     methods: MethodsParams = MethodsParams()
+    supervision: SupervisionParams = SupervisionParams()
     report: ReportParams = ReportParams()
 
     def method_params(self, name: str | None = None) -> BaseModel:

@@ -15,13 +15,13 @@ KD-Zoo's rb3):
   C_f->C_f, giving the student factor F_s. It is trained jointly with the student.
 
     FT(F_s, F_t) = mean_{b,i} | F_s[b]/||F_s[b]||_2 - F_t[b]/||F_t[b]||_2 |_i     (F[b] flattened; L1)
-    L            = ce_weight * CE(z_s, y) + weight * FT(F_s, F_t)
+    L            = ce_weight * CE(z_s, y) + ft_weight * FT(F_s, F_t)
 
 When the student and teacher maps differ in size, the larger factor is average-pooled to the smaller
 one's H x W before flattening. ``factor="attention"`` switches to RepDistiller's variant (C2): each
 factor is first reduced to its channel mean of squares (an AT-like H x W map).
 
-Defaults: ce_weight=1, weight=200 (C2/D2), factor_rate=0.5 (D2), paraphraser_epochs=30 (C2/D2; kdlens's
+Defaults: ce_weight=1, ft_weight=200 (C2/D2), factor_rate=0.5 (D2), paraphraser_epochs=30 (C2/D2; kdlens's
 small default profiles may override it), paraphraser_lr=0.01 (C2: 0.01 for ResNet/WRN students; D2: the
 student lr x 0.1), with the Phase's SGD momentum 0.9 and weight decay 5e-4. The L1 is a mean over the
 batch and the factor elements, as both reference codes do (the paper writes the p=1 norm, a sum).
@@ -101,7 +101,7 @@ def translator(channels: int, factor_channels: int) -> nn.Sequential:
 
 class FTParams(MethodParams):
     ce_weight: float = Field(1.0, ge=0)
-    weight: float = Field(200.0, ge=0)
+    ft_weight: float = Field(200.0, ge=0)
     factor_rate: float = Field(0.5, gt=0, le=1)  # k: factor channels = round(k * teacher channels)
     factor: Literal["flat", "attention"] = "flat"
     paraphraser_epochs: int = Field(30, ge=0)  # 0 = no pre-training (a random, frozen paraphraser)
@@ -152,5 +152,5 @@ class FT(Method):
         factor_s, factor_t = self.factors(student, teacher)
         return {
             "ce": cross_entropy_term(student[0], targets, p.ce_weight),
-            "ft": p.weight * ft_loss(factor_s, factor_t, p.factor),
+            "ft": p.ft_weight * ft_loss(factor_s, factor_t, p.factor),
         }

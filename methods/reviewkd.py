@@ -18,9 +18,9 @@ context loss (HCL) of one level compares the full maps and their average-pooled 
     HCL(g, t) = [ MSE(g, t) + sum_{k=1..} 0.5^k MSE(pool_{l_k}(g), pool_{l_k}(t)) ] / (1 + sum_k 0.5^k),
                 l_k running over {4, 2, 1} restricted to l < H  (MSE = mean over all elements)
 
-    L = w_ce * CE(z_s, y) + weight * min(epoch / warmup, 1) * sum_i HCL(g_i, t_i)
+    L = w_ce * CE(z_s, y) + reviewkd_weight * min(epoch / warmup, 1) * sum_i HCL(g_i, t_i)
 
-Defaults (B6.12, mdistiller CIFAR yaml resnet32x4->resnet8x4): ce_weight=1.0, weight=5.0, warmup=20,
+Defaults (B6.12, mdistiller CIFAR yaml resnet32x4->resnet8x4): ce_weight=1.0, reviewkd_weight=5.0, warmup=20,
 max_mid_channels=512, student_preact=False (the student's post-activation maps, as on CIFAR; the ImageNet
 r34->r18 config uses the pre-activation ones).
 
@@ -105,7 +105,7 @@ def _as_map(pooled: torch.Tensor) -> torch.Tensor:
 
 class ReviewKDParams(MethodParams):
     ce_weight: float = Field(1.0, ge=0)
-    weight: float = Field(5.0, ge=0)  # CIFAR yaml value (mdistiller's cfg default is 1.0)
+    reviewkd_weight: float = Field(5.0, ge=0)  # CIFAR yaml value (mdistiller's cfg default is 1.0)
     warmup: int = Field(20, ge=0)  # epochs of linear loss warm-up (0 = none)
     max_mid_channels: int = Field(512, ge=1)
     student_preact: bool = False  # fuse the student's pre-activation maps instead of the post-activation ones
@@ -154,5 +154,5 @@ class ReviewKD(Method):
         hcl = hcl_loss(fused, targets_t)
         return {
             "ce": cross_entropy_term(student[0], targets, p.ce_weight),
-            "reviewkd": p.weight * warmup_factor(epoch, p.warmup) * hcl,
+            "reviewkd": p.reviewkd_weight * warmup_factor(epoch, p.warmup) * hcl,
         }

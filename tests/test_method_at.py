@@ -3,24 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-import methods
-import models
+from method_helpers import assert_no_extra_parameters, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.at import at_loss
 from methods.common import pair_from_end
-
-
-def _ctx(t_arch, s_arch, n=8):
-    torch.manual_seed(0)
-    t, s = models.create(t_arch, 10).eval(), models.create(s_arch, 10)
-    return methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
-def _outputs(ctx, b=4):
-    x, y = torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))
-    with torch.no_grad():
-        t_out = ctx.teacher(x)
-    return ctx.student(x), t_out, y
 
 
 def _np_at(f, p):
@@ -48,29 +34,26 @@ def test_pair_from_end_aligns_deepest_stages():
 
 
 def test_at_terms_weighted_and_send_gradient():
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("at", methods.params_class("at")(), ctx)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("at", s, t)
     assert (m.params.p, m.params.ce_weight, m.params.at_weight) == (2.0, 1.0, 1000.0)
-    s_out, t_out, y = _outputs(ctx)
+    s_out, t_out, y = random_batch(s, t)
     terms = m.losses(s_out, t_out, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "at"}
     by_stage = [at_loss(a, b, 2.0).item() for a, b in zip(s_out[1].stages, t_out[1].stages)]
     assert len(by_stage) == 3
     assert terms["at"].item() == pytest.approx(1000.0 * sum(by_stage), rel=1e-5)
-    params = list(ctx.student.parameters())
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
-    assert m.extra_parameter_count() == 0  # no learnable parts
+    assert_terms_send_gradient(terms, s)
+    assert_no_extra_parameters(m)  # no learnable parts
 
 
 def test_at_cross_family_vgg8_to_mobilenetv2():
-    ctx = _ctx("vgg8", "MobileNetV2")  # 4 teacher stages, 5 student stages: the last 4 are paired
-    m = methods.create("at", methods.params_class("at")(at_weight=1.0), ctx)
-    s_out, t_out, y = _outputs(ctx, b=2)
+    t, s = make_pair("vgg8", "MobileNetV2")  # 4 teacher stages, 5 student stages: the last 4 are paired
+    m = make_method("at", s, t, at_weight=1.0)
+    s_out, t_out, y = random_batch(s, t, batch=2)
     terms = m.losses(s_out, t_out, y, torch.arange(2), epoch=1)
     expected = sum(at_loss(a, b).item() for a, b in zip(s_out[1].stages[1:], t_out[1].stages))
     assert terms["at"].item() == pytest.approx(expected, rel=1e-5)
     sum(terms.values()).backward()
     assert torch.isfinite(sum(terms.values()))
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.student.stages[1].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.stages[1].parameters())

@@ -5,16 +5,10 @@ import pytest
 import torch
 
 import methods
-import models
+from method_helpers import (assert_each_gets_gradient, assert_step_updates_student, assert_terms_send_gradient,
+                            make_method, make_pair, random_batch)
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.crd import contrast_scores, draw_negatives, nce_loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _np_nce(p, n_data, eps=1e-7):
@@ -45,25 +39,6 @@ def test_contrast_scores_gather_the_contrast_rows():
     assert np.allclose(got, expected, rtol=1e-12)
 
 
-def _models(s_name="resnet8", t_name="resnet14"):
-    torch.manual_seed(0)
-    return models.create(s_name, 10), models.create(t_name, 10).eval()
-
-
-def _crd(s, t, labels, **params):
-    ctx = methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=len(labels), input_size=32,
-                                train_labels=labels)
-    return methods.create("crd", methods.params_class("crd")(**params), ctx)
-
-
-def _outputs(s, t, batch=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
-    with torch.no_grad():
-        out_t = t(x)
-    return s(x), out_t, y
-
-
 def test_defaults_are_the_spec_values():
     p = methods.params_class("crd")()
     assert (p.ce_weight, p.crd_weight, p.feat_dim, p.num_negatives, p.temperature, p.momentum) == (
@@ -71,10 +46,10 @@ def test_defaults_are_the_spec_values():
 
 
 def test_loss_matches_numpy_and_z_is_fixed_on_the_first_batch():
-    s, t = _models()
+    t, s = make_pair("resnet14", "resnet8")
     labels = torch.arange(32) % 4
-    m = _crd(s, t, labels, num_negatives=6)
-    out_s, out_t, y = _outputs(s, t)
+    m = make_method("crd", s, t, train_labels=labels, num_negatives=6)
+    out_s, out_t, y = random_batch(s, t, seed=1)
     index = torch.tensor([3, 10, 17, 28])
     mem_s, mem_t = m.memory_s.clone().double().numpy(), m.memory_t.clone().double().numpy()
     torch.manual_seed(7)
@@ -90,17 +65,17 @@ def test_loss_matches_numpy_and_z_is_fixed_on_the_first_batch():
     expected = 0.8 * (_np_nce(e_s / z_s, 32) + _np_nce(e_t / z_t, 32))
     assert abs(terms["crd"].item() - expected) < 1e-4 * expected
     z_first = m.nce_z.clone()
-    m.losses(*_outputs(s, t, seed=2), torch.tensor([0, 1, 2, 5]), epoch=1)
+    m.losses(*random_batch(s, t, seed=2), torch.tensor([0, 1, 2, 5]), epoch=1)
     assert torch.equal(m.nce_z, z_first)  # fixed after the first batch
 
 
 def test_bank_rows_of_the_batch_move_after_a_step_and_no_others():
-    s, t = _models()
-    m = _crd(s, t, torch.arange(24) % 3, num_negatives=8)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("crd", s, t, train_labels=torch.arange(24) % 3, num_negatives=8)
     opt = torch.optim.SGD(list(s.parameters()) + list(m.parameters()), lr=0.1)
     index = torch.tensor([2, 5, 11, 20])
     old_s, old_t = m.memory_s.clone(), m.memory_t.clone()
-    out_s, out_t, y = _outputs(s, t)
+    out_s, out_t, y = random_batch(s, t, seed=1)
     terms = m.losses(out_s, out_t, y, index, epoch=1)
     v_s, v_t = m.embed_s(out_s[1].pooled).detach(), m.embed_t(out_t[1].pooled).detach()
     sum(terms.values()).backward()  # the out-of-place bank update left this step's graph intact
@@ -116,14 +91,14 @@ def test_bank_rows_of_the_batch_move_after_a_step_and_no_others():
     # eval mode: the loss is still computed but no row moves
     m.eval()
     frozen = m.memory_s.clone()
-    m.losses(*_outputs(s, t, seed=3), index, epoch=1)
+    m.losses(*random_batch(s, t, seed=3), index, epoch=1)
     assert torch.equal(m.memory_s, frozen)
 
 
 def test_negatives_never_share_the_anchor_class_and_are_distinct():
-    s, t = _models()
+    t, s = make_pair("resnet14", "resnet8")
     labels = torch.tensor([0] * 10 + [1] * 6 + [2] * 8 + [3] * 6)  # N=30, largest class 10 -> pool >= 20
-    m = _crd(s, t, labels, num_negatives=7)
+    m = make_method("crd", s, t, train_labels=labels, num_negatives=7)
     assert m.num_negatives == 7
     index = torch.tensor([0, 9, 10, 15, 16, 29])
     torch.manual_seed(3)
@@ -140,9 +115,9 @@ def test_negatives_never_share_the_anchor_class_and_are_distinct():
 
 
 def test_k_is_clamped_to_the_smallest_pool_and_draws_are_uniform():
-    s, t = _models()
+    t, s = make_pair("resnet14", "resnet8")
     labels = torch.tensor([0] * 25 + [1] * 10 + [2] * 5)  # largest class 25 of 40: pool of a class-0 anchor = 15
-    m = _crd(s, t, labels)  # default K = 16384
+    m = make_method("crd", s, t, train_labels=labels)  # default K = 16384
     assert m.num_negatives == 15
     cidx = m.contrast_index(torch.tensor([0, 30]))
     assert set(cidx[0, 1:].tolist()) == set(range(25, 40))  # the whole pool of a class-0 anchor
@@ -154,41 +129,38 @@ def test_k_is_clamped_to_the_smallest_pool_and_draws_are_uniform():
 
 
 def test_gradients_reach_student_and_both_embeddings():
-    s, t = _models()
-    m = _crd(s, t, torch.randint(0, 10, (16,)))
-    out_s, out_t, y = _outputs(s, t)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("crd", s, t)  # 16 random labels
+    out_s, out_t, y = random_batch(s, t, seed=1)
     terms = m.losses(out_s, out_t, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "crd"}
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, list(s.parameters()), retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
-    grads = torch.autograd.grad(terms["crd"], list(m.parameters()), allow_unused=True)
-    for (pname, _), g in zip(m.named_parameters(), grads):
-        assert g is not None and g.abs().sum() > 0, pname
+    assert_terms_send_gradient(terms, s)
+    assert_each_gets_gradient(terms["crd"], m.named_parameters())
 
 
 def test_extra_parameter_count_includes_embeddings_and_banks():
-    s, t = _models()
-    m = _crd(s, t, torch.randint(0, 10, (16,)))
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("crd", s, t)  # 16 random labels
     # embed_s 64->128 and embed_t 64->128 (weights + biases), two 16x128 banks, two Z constants
     assert m.extra_parameter_count() == 2 * (64 * 128 + 128) + 2 * 16 * 128 + 2
-    s4, t4 = _models("resnet8x4", "resnet32x4")
-    m4 = _crd(s4, t4, torch.arange(50000) % 100)  # CIFAR-100 sized: 256-d pooled on both sides
+    t4, s4 = make_pair("resnet32x4", "resnet8x4")
+    # CIFAR-100 sized: 256-d pooled on both sides
+    m4 = make_method("crd", s4, t4, train_labels=torch.arange(50000) % 100)
     assert m4.num_negatives == 16384
     assert m4.extra_parameter_count() == 2 * (256 * 128 + 128) + 2 * 50000 * 128 + 2 == 12_865_794
 
 
 def test_state_dict_round_trip_restores_banks_and_z():
-    s, t = _models()
+    t, s = make_pair("resnet14", "resnet8")
     labels = torch.randint(0, 10, (16,))
-    m = _crd(s, t, labels)
-    m.losses(*_outputs(s, t), torch.arange(4), epoch=1)
+    m = make_method("crd", s, t, train_labels=labels)
+    m.losses(*random_batch(s, t, seed=1), torch.arange(4), epoch=1)
     state = m.state_dict()
     assert {"memory_s", "memory_t", "nce_z"} <= set(state)
-    fresh = _crd(s, t, labels)
+    fresh = make_method("crd", s, t, train_labels=labels)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.memory_t, m.memory_t) and torch.equal(fresh.nce_z, m.nce_z)
-    out = _outputs(s, t, seed=5)
+    out = random_batch(s, t, seed=5)
     torch.manual_seed(9)
     a = m.losses(*out, torch.arange(4, 8), epoch=2)["crd"]
     torch.manual_seed(9)
@@ -197,23 +169,16 @@ def test_state_dict_round_trip_restores_banks_and_z():
 
 
 def test_not_applicable_without_negatives_or_labels():
-    s, t = _models()
+    t, s = make_pair("resnet14", "resnet8")
     with pytest.raises(methods.MethodNotApplicable, match="same class"):
-        _crd(s, t, torch.zeros(8, dtype=torch.long))
+        make_method("crd", s, t, train_labels=torch.zeros(8, dtype=torch.long))
     ctx = methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=8, input_size=32)
     with pytest.raises(methods.MethodNotApplicable, match="train_labels"):
         methods.create("crd", methods.params_class("crd")(), ctx)
 
 
 def test_cross_family_pair_runs_a_step():
-    s, t = _models("MobileNetV2", "vgg8")  # 1280-d vs 512-d pooled
-    m = _crd(s, t, torch.randint(0, 10, (16,)))
+    t, s = make_pair("vgg8", "MobileNetV2")  # 1280-d vs 512-d pooled
+    m = make_method("crd", s, t)  # 16 random labels
     assert m.embed_s.linear.in_features == 1280 and m.embed_t.linear.in_features == 512
-    opt = torch.optim.SGD(list(s.parameters()) + list(m.parameters()), lr=0.01)
-    before = [p.detach().clone() for p in s.parameters()]
-    out_s, out_t, y = _outputs(s, t)
-    loss = sum(m.losses(out_s, out_t, y, torch.arange(4), epoch=1).values())
-    assert torch.isfinite(loss)
-    loss.backward()
-    opt.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, s.parameters()))
+    assert_step_updates_student(m, s, t, train_method=True, seed=1)

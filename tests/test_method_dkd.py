@@ -1,20 +1,10 @@
 """dkd: TCKD/NCKD against a plain-numpy evaluation of the formula, warm-up, gradients on real models."""
 import numpy as np
-import pytest
 import torch
 
-import methods
-import models
+from method_helpers import assert_no_extra_parameters, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.dkd import dkd_loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two threads on a shared two-core machine are ~100x slower for these tiny convolutions
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _np_dkd(zs, zt, y, T):
@@ -61,21 +51,12 @@ def test_dkd_decomposes_kd():
     assert abs(kl - (tckd.item() + (1 - pt[0, 3].item()) * nckd.item())) < 1e-10
 
 
-def _ctx(student, teacher, n=16):
-    return methods.MethodContext(student=student, teacher=teacher, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
 def test_dkd_terms_weighted_warmed_up_and_send_gradient():
-    torch.manual_seed(0)
-    s, t = models.create("resnet8", 10), models.create("resnet14", 10).eval()
-    p = methods.params_class("dkd")()
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("dkd", s, t)
+    p = m.params
     assert (p.ce_weight, p.alpha, p.beta, p.T, p.warmup) == (1.0, 1.0, 8.0, 4.0, 20)
-    m = methods.create("dkd", p, _ctx(s, t))
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    out_s = s(x)
-    with torch.no_grad():
-        out_t = t(x)
+    out_s, out_t, y = random_batch(s, t)
     tckd, nckd = dkd_loss(out_s[0].detach(), out_t[0], y, 4.0)
     terms = m.losses(out_s, out_t, y, torch.arange(4), epoch=5)
     assert set(terms) == {"ce", "tckd", "nckd"}
@@ -83,20 +64,15 @@ def test_dkd_terms_weighted_warmed_up_and_send_gradient():
     assert abs(terms["nckd"].item() - 5 / 20 * 8.0 * nckd.item()) < 1e-5
     late = m.losses(out_s, out_t, y, torch.arange(4), epoch=40)
     assert abs(late["nckd"].item() - 8.0 * nckd.item()) < 1e-5
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, list(s.parameters()), retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
-    assert m.extra_parameter_count() == 0
+    assert_terms_send_gradient(terms, s)
+    assert_no_extra_parameters(m)
 
 
 def test_dkd_cross_family_pair_runs():
-    torch.manual_seed(0)
-    s, t = models.create("ShuffleV1", 10), models.create("vgg8", 10).eval()
-    m = methods.create("dkd", methods.params_class("dkd")(beta=6.0), _ctx(s, t))
-    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
-    with torch.no_grad():
-        out_t = t(x)
-    terms = m.losses(s(x), out_t, y, torch.arange(2), epoch=1)
+    t, s = make_pair("vgg8", "ShuffleV1")
+    m = make_method("dkd", s, t, beta=6.0)
+    out_s, out_t, y = random_batch(s, t, batch=2)
+    terms = m.losses(out_s, out_t, y, torch.arange(2), epoch=1)
     sum(terms.values()).backward()
     assert all(torch.isfinite(v) for v in terms.values())
     assert s.classifier.weight.grad.abs().sum() > 0

@@ -8,15 +8,10 @@ import torch
 
 import methods
 import models
+from method_helpers import (assert_no_extra_parameters, assert_terms_send_gradient, grad_abs_sums, make_method,
+                            make_pair, random_batch, random_inputs)
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.exp_kd import cam_loss, cam_saliency, class_activation_maps
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _np_softmax(x, axis):
@@ -75,16 +70,10 @@ def test_cam_loss_matches_numpy():
     assert abs(expected - ((0.5 - pt) ** 2).sum()) < 1e-12  # mean(P_s) is exactly 1/B
 
 
-def _ctx(student, teacher, n=16):
-    return methods.MethodContext(student=student, teacher=teacher, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
 @pytest.fixture(scope="module")
 def pair():
-    torch.manual_seed(0)
-    s, t = models.create("resnet8", 10), models.create("resnet14", 10).eval()
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    t, s = make_pair("resnet14", "resnet8")
+    x, y = random_inputs(4)
     with torch.no_grad():
         out_t = t(x)
     return s, t, x, y, out_t
@@ -92,10 +81,9 @@ def pair():
 
 def _cam_grad(pair, **params):
     s, t, x, y, out_t = pair
-    m = methods.create("exp_kd", methods.params_class("exp_kd")(**params), _ctx(s, t))
+    m = make_method("exp_kd", s, t, **params)
     terms = m.losses(s(x), out_t, y, torch.arange(len(y)), epoch=1)
-    grads = torch.autograd.grad(terms["cam"], list(s.parameters()), allow_unused=True)
-    return terms, sum(float(g.abs().sum()) for g in grads if g is not None)
+    return terms, sum(grad_abs_sums(terms["cam"], s.parameters()))
 
 
 def test_defaults():
@@ -125,7 +113,7 @@ def test_ii_as_coded_loss_is_constant_in_the_student(pair):
     assert g < 1e-9 * max(g_ce, 1.0)
     # the value does not move when the student's weights change
     other = models.create("resnet8", 10)
-    m = methods.create("exp_kd", methods.params_class("exp_kd")(norm="softmax_batch_as_coded"), _ctx(other, t))
+    m = make_method("exp_kd", other, t, norm="softmax_batch_as_coded")
     terms2 = m.losses(other(x), out_t, y, torch.arange(len(y)), epoch=1)
     assert abs(terms2["cam"].item() - terms["cam"].item()) < 1e-6 * max(1.0, terms["cam"].item())
     assert terms["cam"].item() > 0
@@ -148,7 +136,7 @@ def test_iii_pre_relu_cam_reproduces_the_logits(name):
 
 def test_topk_clamped_warmup_and_weighting(pair):
     s, t, x, y, out_t = pair
-    m = methods.create("exp_kd", methods.params_class("exp_kd")(cam_weight=3.0, warmup=4), _ctx(s, t))
+    m = make_method("exp_kd", s, t, cam_weight=3.0, warmup=4)
     out_s = s(x)
     m_s, m_t = m.cams(out_s, out_t, y)
     assert m_s.shape == m_t.shape == (4, 10, 8, 8)  # k=30 clamped to the 10 classes
@@ -158,7 +146,7 @@ def test_topk_clamped_warmup_and_weighting(pair):
     base = cam_loss(m_s, m_t).item()
     assert abs(m.losses(out_s, out_t, y, torch.arange(4), epoch=1)["cam"].item() - 3.0 * base / 4) < 1e-6 * max(base, 1)
     assert abs(m.losses(out_s, out_t, y, torch.arange(4), epoch=9)["cam"].item() - 3.0 * base) < 1e-6 * max(base, 1)
-    assert m.extra_parameter_count() == 0
+    assert_no_extra_parameters(m)
 
 
 def test_single_class_softmax_is_refused():
@@ -171,31 +159,23 @@ def test_single_class_softmax_is_refused():
 def test_combine_with_kd_and_dkd(pair):
     s, t, x, y, out_t = pair
     for combine, names in (("kd", {"ce", "cam", "kd"}), ("dkd", {"ce", "cam", "tckd", "nckd"})):
-        m = methods.create("exp_kd", methods.params_class("exp_kd")(combine_with=combine), _ctx(s, t))
+        m = make_method("exp_kd", s, t, combine_with=combine)
         terms = m.losses(s(x), out_t, y, torch.arange(4), epoch=1)
         assert set(terms) == names
-        for name in names:  # every term, the CAM and CE ones included
-            grads = torch.autograd.grad(terms[name], list(s.parameters()), retain_graph=True, allow_unused=True)
-            assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
+        assert_terms_send_gradient(terms, s)  # every term, the CAM and CE ones included
 
 
 @pytest.mark.parametrize("s_name,t_name,size", [("MobileNetV2", "vgg8", 2), ("ShuffleV1", "resnet8x4", 4)])
 def test_cross_family_pairs(s_name, t_name, size):
     # teacher CAMs (4x4 / 8x8) are resized to the student's (2x2 / 4x4)
-    torch.manual_seed(0)
-    s, t = models.create(s_name, 10), models.create(t_name, 10).eval()
-    m = methods.create("exp_kd", methods.params_class("exp_kd")(), _ctx(s, t))
-    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
-    with torch.no_grad():
-        out_t = t(x)
-    out_s = s(x)
+    t, s = make_pair(t_name, s_name)
+    m = make_method("exp_kd", s, t)
+    out_s, out_t, y = random_batch(s, t, batch=2)
     assert m.cams(out_s, out_t, y)[1].shape[-2:] == (size, size)
     terms = m.losses(out_s, out_t, y, torch.arange(2), epoch=1)
-    grads = torch.autograd.grad(terms["cam"], list(s.parameters()), retain_graph=True, allow_unused=True)
-    assert torch.isfinite(terms["cam"]) and sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    assert_terms_send_gradient({"cam": terms["cam"]}, s)
     # the 2022 variant: the student CAM is upsampled to the teacher's size instead
-    m = methods.create("exp_kd", methods.params_class("exp_kd")(resize_to="teacher"), _ctx(s, t))
+    m = make_method("exp_kd", s, t, resize_to="teacher")
     assert m.cams(out_s, out_t, y)[0].shape[-2:] == (2 * size, 2 * size)
     cam = m.losses(out_s, out_t, y, torch.arange(2), epoch=1)["cam"]
-    grads = torch.autograd.grad(cam, list(s.parameters()), allow_unused=True)
-    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+    assert sum(grad_abs_sums(cam, s.parameters())) > 0

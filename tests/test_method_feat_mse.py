@@ -6,28 +6,11 @@ import torch
 from torch import nn
 
 import methods
-import models
+from method_helpers import (assert_each_gets_gradient, assert_terms_send_gradient, grad_abs_sums, make_method,
+                            make_pair, random_batch)
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.feat_mse import feat_mse_loss
 from models.base import Features
-
-
-def _ctx(t_arch, s_arch, n=8):
-    torch.manual_seed(0)
-    t, s = models.create(t_arch, 10).eval(), models.create(s_arch, 10)
-    return methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
-def _outputs(ctx, b=4):
-    x, y = torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))
-    with torch.no_grad():
-        t_out = ctx.teacher(x)
-    return ctx.student(x), t_out, y
-
-
-def _grad_sum(term, params):
-    grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-    return [0.0 if g is None else float(g.abs().sum()) for g in grads]
 
 
 def test_feat_mse_loss_matches_numpy():
@@ -36,8 +19,8 @@ def test_feat_mse_loss_matches_numpy():
 
 
 def test_feat_mse_regresses_pooled_preact():
-    ctx = _ctx("resnet14", "resnet8")  # 64 channels on both sides at the last stage: no connector
-    m = methods.create("feat_mse", methods.params_class("feat_mse")(feat_weight=2.0), ctx)
+    t, s = make_pair("resnet14", "resnet8")  # 64 channels on both sides at the last stage: no connector
+    m = make_method("feat_mse", s, t, feat_weight=2.0)
     assert isinstance(m.connector, nn.Identity) and m.extra_parameter_count() == 0
     rng = np.random.default_rng(4)
     pre_s, pre_t = rng.normal(size=(2, 64, 4, 4)), rng.normal(size=(2, 64, 2, 2))
@@ -54,36 +37,34 @@ def test_feat_mse_regresses_pooled_preact():
 
 
 def test_feat_mse_terms_send_gradient():
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("feat_mse", methods.params_class("feat_mse")(), ctx)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("feat_mse", s, t)
     p = m.params
     assert (p.stage, p.ce_weight, p.feat_weight, p.two_phase) == (-1, 1.0, 100.0, False)
     assert m.phases() == []
-    s_out, t_out, y = _outputs(ctx)
+    s_out, t_out, y = random_batch(s, t)
     terms = m.losses(s_out, t_out, y, torch.arange(4), epoch=1)
-    params = list(ctx.student.parameters())
-    for name, term in terms.items():
-        assert sum(_grad_sum(term, params)) > 0, name
+    assert_terms_send_gradient(terms, s)
 
 
 def test_feat_mse_cross_family_connector():
-    ctx = _ctx("vgg8", "MobileNetV2")  # last preact: student (1280, 2, 2), teacher (512, 4, 4)
-    m = methods.create("feat_mse", methods.params_class("feat_mse")(), ctx)
+    t, s = make_pair("vgg8", "MobileNetV2")  # last preact: student (1280, 2, 2), teacher (512, 4, 4)
+    m = make_method("feat_mse", s, t)
     conv, bn = m.connector
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.bias) == (1280, 512, (1, 1), None)
     assert m.extra_parameter_count() == 1280 * 512 + (4 * 512 + 1)
-    s_out, t_out, y = _outputs(ctx, b=2)
+    s_out, t_out, y = random_batch(s, t, batch=2)
     terms = m.losses(s_out, t_out, y, torch.arange(2), epoch=1)
     assert torch.isfinite(sum(terms.values()))
-    assert all(g > 0 for g in _grad_sum(terms["feat"], list(m.parameters())))
+    assert_each_gets_gradient(terms["feat"], m.named_parameters())
     with pytest.raises(methods.MethodNotApplicable, match="stage=4 does not exist in the teacher"):
-        methods.create("feat_mse", methods.params_class("feat_mse")(stage=4), ctx)
+        make_method("feat_mse", s, t, stage=4)
 
 
 def test_feat_mse_two_phase_protocol():
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("feat_mse", methods.params_class("feat_mse")(stage=1, two_phase=True, phase_epochs=3), ctx)
-    named = dict(ctx.student.named_parameters())
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("feat_mse", s, t, stage=1, two_phase=True, phase_epochs=3)
+    named = dict(s.named_parameters())
     lower = {n for n in named if n.startswith(("stem.", "stages.0.", "stages.1."))}
     assert lower and lower != set(named)
     (phase,) = m.phases()
@@ -91,26 +72,25 @@ def test_feat_mse_two_phase_protocol():
     assert {id(p) for p in phase.parameters} == {id(named[n]) for n in lower}  # identity connector: no extra
     for n, p in named.items():  # layers up to the analysed stage are frozen for the main training
         assert p.requires_grad == (n not in lower), n
-    assert ctx.student.stem.bn in phase.train_modules and ctx.student.classifier not in phase.train_modules
+    assert s.stem.bn in phase.train_modules and s.classifier not in phase.train_modules
     assert m in phase.train_modules
 
-    s_out, t_out, y = _outputs(ctx)
+    s_out, t_out, y = random_batch(s, t)
     phase_terms = phase.losses(s_out, t_out, y, torch.arange(4), 1)
     assert set(phase_terms) == {"feat"}
     for p in phase.parameters:  # the trainer re-enables them for the phase
         p.requires_grad_(True)
-    s_out = ctx.student(torch.randn(4, 3, 32, 32))
-    grads = dict(zip(named, _grad_sum(m._phase_losses(s_out, t_out, y, None, 1)["feat"], list(named.values()))))
+    s_out = s(torch.randn(4, 3, 32, 32))
+    grads = dict(zip(named, grad_abs_sums(m._phase_losses(s_out, t_out, y, None, 1)["feat"], named.values())))
     assert all(grads[n] == 0.0 for n in named if n not in lower)  # stage 2 and the head are untouched
     assert sum(grads[n] for n in lower) > 0
     assert set(m.losses(s_out, t_out, y, torch.arange(4), epoch=1)) == {"ce"}  # phase 2: CE only
 
 
 def test_feat_mse_two_phase_with_connector_trains_it_in_the_phase():
-    ctx = _ctx("resnet8x4", "resnet8")  # stage 1: 32 -> 128 channels, so a connector exists
-    m = methods.create("feat_mse", methods.params_class("feat_mse")(stage=1, two_phase=True, freeze_lower=False),
-                       ctx)
-    assert all(p.requires_grad for p in ctx.student.parameters())
+    t, s = make_pair("resnet8x4", "resnet8")  # stage 1: 32 -> 128 channels, so a connector exists
+    m = make_method("feat_mse", s, t, stage=1, two_phase=True, freeze_lower=False)
+    assert all(p.requires_grad for p in s.parameters())
     (phase,) = m.phases()
     conn = {id(p) for p in m.connector.parameters()}
     assert conn and conn <= {id(p) for p in phase.parameters}

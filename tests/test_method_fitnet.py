@@ -6,23 +6,10 @@ import torch
 from torch import nn
 
 import methods
-import models
+from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.common import conv_regressor
 from methods.fitnet import hint_loss
-
-
-def _ctx(t_arch, s_arch, n=8):
-    torch.manual_seed(0)
-    t, s = models.create(t_arch, 10).eval(), models.create(s_arch, 10)
-    return methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
-def _outputs(ctx, b=4):
-    x, y = torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))
-    with torch.no_grad():
-        t_out = ctx.teacher(x)
-    return ctx.student(x), t_out, y
 
 
 def test_hint_loss_matches_numpy():
@@ -54,42 +41,38 @@ def test_conv_regressor_undefined():
 
 
 def test_fitnet_terms_gradient_and_parameter_count():
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("fitnet", methods.params_class("fitnet")(), ctx)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("fitnet", s, t)
     assert (m.params.hint_stage, m.params.ce_weight, m.params.hint_weight) == (1, 1.0, 100.0)
-    s_out, t_out, y = _outputs(ctx)
+    s_out, t_out, y = random_batch(s, t)
     terms = m.losses(s_out, t_out, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "hint"}
     reg = m.regressor(s_out[1].stages[1]).detach().numpy()
-    t = t_out[1].stages[1].numpy()
-    assert terms["hint"].item() == pytest.approx(100.0 * ((reg - t) ** 2).mean(), rel=1e-5)
-    params = list(ctx.student.parameters())
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
-    grads = torch.autograd.grad(terms["hint"], list(m.parameters()), retain_graph=True)
-    assert all(float(g.abs().sum()) > 0 for g in grads)  # conv weight, bias, BN weight, BN bias
+    f_t = t_out[1].stages[1].numpy()
+    assert terms["hint"].item() == pytest.approx(100.0 * ((reg - f_t) ** 2).mean(), rel=1e-5)
+    assert_terms_send_gradient(terms, s)
+    assert_each_gets_gradient(terms["hint"], m.named_parameters())  # conv weight, bias, BN weight, BN bias
     # stage 1 of resnet8/resnet14: 32 -> 32 channels at 16x16: a 1x1 conv with bias, BN (w, b, mean, var, count)
     assert m.extra_parameter_count() == (32 * 32 + 32) + (4 * 32 + 1)
 
 
 def test_fitnet_cross_family_transposed_branch():
-    ctx = _ctx("resnet8x4", "ShuffleV1")  # stage 1: student (480, 8, 8) -> teacher (128, 16, 16)
-    m = methods.create("fitnet", methods.params_class("fitnet")(), ctx)
+    t, s = make_pair("resnet8x4", "ShuffleV1")  # stage 1: student (480, 8, 8) -> teacher (128, 16, 16)
+    m = make_method("fitnet", s, t)
     assert isinstance(m.regressor[0], nn.ConvTranspose2d)
     assert m.extra_parameter_count() == (480 * 128 * 16 + 128) + (4 * 128 + 1)
-    s_out, t_out, y = _outputs(ctx, b=2)
+    s_out, t_out, y = random_batch(s, t, batch=2)
     terms = m.losses(s_out, t_out, y, torch.arange(2), epoch=1)
     total = sum(terms.values())
     assert torch.isfinite(total)
     total.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.student.stages[1].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.stages[1].parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
 
 
 def test_fitnet_not_applicable_pairs():
-    ctx = _ctx("resnet8", "MobileNetV2")  # last stage: student 2x2 vs teacher 8x8, no ConvReg
+    t, s = make_pair("resnet8", "MobileNetV2")  # last stage: student 2x2 vs teacher 8x8, no ConvReg
     with pytest.raises(methods.MethodNotApplicable, match="2x2 student map onto a 8x8"):
-        methods.create("fitnet", methods.params_class("fitnet")(hint_stage=-1), ctx)
+        make_method("fitnet", s, t, hint_stage=-1)
     with pytest.raises(methods.MethodNotApplicable, match="hint_stage=3 does not exist in the teacher"):
-        methods.create("fitnet", methods.params_class("fitnet")(hint_stage=3), ctx)
+        make_method("fitnet", s, t, hint_stage=3)

@@ -5,16 +5,9 @@ import pytest
 import torch
 
 import methods
-import models
+from method_helpers import assert_no_extra_parameters, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.kdsvd import kdsvd_loss, top_right_singular
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _np_stage(f, n):
@@ -102,36 +95,24 @@ def test_degenerate_maps_give_finite_nonzero_gradient():
     assert v.shape == (1, 2, 4) and torch.isfinite(v).all() and not v[..., 2:].any() and not s.any()
 
 
-def _ctx(student, teacher, n=16):
-    return methods.MethodContext(student=student, teacher=teacher, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
 def test_defaults_are_the_spec_values():
     p = methods.params_class("kdsvd")()
     assert (p.ce_weight, p.kdsvd_weight, p.k, p.student_extra) == (1.0, 1.0, 1, 3)
 
 
 def test_terms_send_gradient_to_the_student():
-    torch.manual_seed(0)
-    s, t = models.create("resnet8", 10), models.create("resnet14", 10).eval()
-    m = methods.create("kdsvd", methods.params_class("kdsvd")(kdsvd_weight=2.0), _ctx(s, t))
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    out_s = s(x)
-    with torch.no_grad():
-        out_t = t(x)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("kdsvd", s, t, kdsvd_weight=2.0)
+    out_s, out_t, y = random_batch(s, t)
     terms = m.losses(out_s, out_t, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "kdsvd"}
     expected = 2.0 * kdsvd_loss([f.detach() for f in out_s[1].stages], out_t[1].stages).item()
     assert expected > 0 and abs(terms["kdsvd"].item() - expected) < 1e-6 * max(1.0, expected)
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, list(s.parameters()), retain_graph=True, allow_unused=True)
-        total = sum(float(g.abs().sum()) for g in grads if g is not None)
-        assert total > 0 and np.isfinite(total), name
-    assert m.extra_parameter_count() == 0 and not list(m.parameters())
+    assert_terms_send_gradient(terms, s)  # finite, non-zero
+    assert_no_extra_parameters(m)
 
 
 def test_cross_family_pair_with_other_channel_counts_is_not_applicable():
-    s, t = models.create("MobileNetV2", 10), models.create("vgg8", 10)
+    t, s = make_pair("vgg8", "MobileNetV2")
     with pytest.raises(methods.MethodNotApplicable, match="equal channel counts"):
-        methods.create("kdsvd", methods.params_class("kdsvd")(), _ctx(s, t))
+        make_method("kdsvd", s, t)

@@ -3,23 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-import methods
-import models
+from method_helpers import assert_no_extra_parameters, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.nst import nst_loss, poly2_kernel_mean
-
-
-def _ctx(t_arch, s_arch, n=8):
-    torch.manual_seed(0)
-    t, s = models.create(t_arch, 10).eval(), models.create(s_arch, 10)
-    return methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
-def _outputs(ctx, b=4):
-    x, y = torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))
-    with torch.no_grad():
-        t_out = ctx.teacher(x)
-    return ctx.student(x), t_out, y
 
 
 def _np_units(f):
@@ -56,30 +42,27 @@ def test_kernel_mean_both_routes(cx, cy, n):
 
 
 def test_nst_terms_weighted_and_send_gradient():
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("nst", methods.params_class("nst")(), ctx)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("nst", s, t)
     assert (m.params.ce_weight, m.params.nst_weight) == (1.0, 50.0)
-    s_out, t_out, y = _outputs(ctx)
+    s_out, t_out, y = random_batch(s, t)
     terms = m.losses(s_out, t_out, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "nst"}
     expected = 50.0 * sum(nst_loss(a, b).item() for a, b in zip(s_out[1].stages, t_out[1].stages))
     assert terms["nst"].item() == pytest.approx(expected, rel=1e-5)
-    params = list(ctx.student.parameters())
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
-    assert m.extra_parameter_count() == 0
+    assert_terms_send_gradient(terms, s)
+    assert_no_extra_parameters(m)
 
 
 def test_nst_cross_family_resnet8x4_to_shufflev1():
-    ctx = _ctx("resnet8x4", "ShuffleV1")  # 3 stages each; 128..256 vs 240..960 channels, 32/16/8 vs 16/8/4
-    m = methods.create("nst", methods.params_class("nst")(), ctx)
-    s_out, t_out, y = _outputs(ctx, b=2)
+    t, s = make_pair("resnet8x4", "ShuffleV1")  # 3 stages each; 128..256 vs 240..960 channels, 32/16/8 vs 16/8/4
+    m = make_method("nst", s, t)
+    s_out, t_out, y = random_batch(s, t, batch=2)
     terms = m.losses(s_out, t_out, y, torch.arange(2), epoch=1)
     total = sum(terms.values())
     assert torch.isfinite(total) and terms["nst"].item() > 0
     total.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.student.stages[0].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.stages[0].parameters())
 
 
 @pytest.mark.parametrize("c,n", [(300, 400), (300, 4)])  # both routes; raw sums are 90000 > float16 max

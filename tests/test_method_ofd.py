@@ -7,23 +7,10 @@ import pytest
 import torch
 
 import methods
-import models
+from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.ofd import ofd_loss, ofd_margin
 from models.base import Features
-
-
-def _ctx(t_arch, s_arch, n=8):
-    torch.manual_seed(0)
-    t, s = models.create(t_arch, 10).eval(), models.create(s_arch, 10)
-    return methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
-def _outputs(ctx, b=4):
-    x, y = torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))
-    with torch.no_grad():
-        t_out = ctx.teacher(x)
-    return ctx.student(x), t_out, y
 
 
 def _margin(gamma, beta):
@@ -62,13 +49,13 @@ def test_ofd_loss_matches_case_analysis():
 
 
 def test_ofd_margin_buffers_come_from_teacher_bn():
-    ctx = _ctx("resnet14", "resnet8")
-    last_bn = ctx.teacher.bn_before_relu()[-1]
+    teacher, student = make_pair("resnet14", "resnet8")
+    last_bn = teacher.bn_before_relu()[-1]
     with torch.no_grad():
         last_bn.weight.fill_(1.0)
         last_bn.bias.fill_(0.0)
         last_bn.weight[0], last_bn.bias[0] = 0.5, 2.0  # Phi(-4) < 1e-3 -> -1.5
-    m = methods.create("ofd", methods.params_class("ofd")(), ctx)
+    m = make_method("ofd", student, teacher)
     margins = m.margins()
     assert [x.numel() for x in margins] == [16, 32, 64]
     assert margins[2][0].item() == pytest.approx(-1.5)
@@ -77,8 +64,8 @@ def test_ofd_margin_buffers_come_from_teacher_bn():
 
 def test_ofd_stage_weights():
     """Identity connectors, teacher map 0: stage i contributes sum(s^2)/B / 2^(n-1-i)."""
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("ofd", methods.params_class("ofd")(ofd_weight=1.0), ctx).eval()
+    teacher, student = make_pair("resnet14", "resnet8")
+    m = make_method("ofd", student, teacher, ofd_weight=1.0).eval()
     for conn in m.connectors:
         c = conn[0].weight.shape[0]
         with torch.no_grad():
@@ -98,30 +85,26 @@ def test_ofd_stage_weights():
 
 
 def test_ofd_terms_gradient_and_parameter_count():
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("ofd", methods.params_class("ofd")(), ctx)
+    teacher, student = make_pair("resnet14", "resnet8")
+    m = make_method("ofd", student, teacher)
     assert (m.params.ce_weight, m.params.ofd_weight) == (1.0, 1e-3)
-    s_out, t_out, y = _outputs(ctx)
+    s_out, t_out, y = random_batch(student, teacher)
     terms = m.losses(s_out, t_out, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "ofd"}
-    params = list(ctx.student.parameters())
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
-    grads = torch.autograd.grad(terms["ofd"], list(m.parameters()), retain_graph=True)
-    assert all(float(g.abs().sum()) > 0 for g in grads)
-    assert not any(p is q for p in m.parameters() for q in ctx.teacher.parameters())
+    assert_terms_send_gradient(terms, student)
+    assert_each_gets_gradient(terms["ofd"], m.named_parameters())
+    assert not any(p is q for p in m.parameters() for q in teacher.parameters())
     # per stage (C = 16, 32, 64 both sides): 1x1 conv C*C, BN weight/bias/mean/var (4C) + count (1), margin C
     assert m.extra_parameter_count() == sum(c * c + 4 * c + 1 + c for c in (16, 32, 64))
 
 
 def test_ofd_cross_family_and_not_applicable():
     # WRN exposes 4 preact stages but its tap repeats group 3's (same final BN): 3 distinct, as the reference
-    ctx = _ctx("wrn_40_2", "ShuffleV1")
-    m = methods.create("ofd", methods.params_class("ofd")(), ctx)
+    teacher, student = make_pair("wrn_40_2", "ShuffleV1")
+    m = make_method("ofd", student, teacher)
     assert m.pairs == [(0, 0), (1, 1), (2, 2)]
     assert [(c[0].in_channels, c[0].out_channels) for c in m.connectors] == [(240, 32), (480, 64), (960, 128)]
-    s_out, t_out, y = _outputs(ctx, b=2)
+    s_out, t_out, y = random_batch(student, teacher, batch=2)
     terms = m.losses(s_out, t_out, y, torch.arange(2), epoch=1)
     total = sum(terms.values())
     assert torch.isfinite(total)
@@ -131,15 +114,16 @@ def test_ofd_cross_family_and_not_applicable():
     def no_bns():
         raise NotImplementedError("no pre-ReLU BNs here")
 
-    ctx.teacher.bn_before_relu = no_bns
+    teacher.bn_before_relu = no_bns
     with pytest.raises(methods.MethodNotApplicable, match="pre-ReLU BatchNorms"):
-        methods.create("ofd", methods.params_class("ofd")(), ctx)
+        make_method("ofd", student, teacher)
 
 
 def test_ofd_wrn_pair_skips_the_repeated_tap_preact():
-    ctx = _ctx("wrn_40_2", "wrn_16_2")
-    m = methods.create("ofd", methods.params_class("ofd")(), ctx)
+    teacher, student = make_pair("wrn_40_2", "wrn_16_2")
+    m = make_method("ofd", student, teacher)
     assert m.pairs == [(0, 0), (1, 1), (2, 2)]
     assert [x.numel() for x in m.margins()] == [32, 64, 128]
-    ctx = _ctx("vgg8", "MobileNetV2")  # 4 teacher stages, 5 distinct student stages: the deepest 4 paired
-    assert methods.create("ofd", methods.params_class("ofd")(), ctx).pairs == [(1, 0), (2, 1), (3, 2), (4, 3)]
+    # 4 teacher stages, 5 distinct student stages: the deepest 4 paired
+    teacher, student = make_pair("vgg8", "MobileNetV2")
+    assert make_method("ofd", student, teacher).pairs == [(1, 0), (2, 1), (3, 2), (4, 3)]

@@ -3,17 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-import methods
-import models
+from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.reviewkd import hcl_loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _np_pool(x, size):
@@ -43,19 +35,10 @@ def test_hcl_matches_numpy():
     assert hcl_loss([torch.tensor(t8)], [torch.tensor(t8)]).item() == 0.0
 
 
-def _ctx(student, teacher, n=16):
-    return methods.MethodContext(student=student, teacher=teacher, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
 def _step(s_name, t_name, batch=4, epoch=1, **params):
-    torch.manual_seed(0)
-    s, t = models.create(s_name, 10), models.create(t_name, 10).eval()
-    m = methods.create("reviewkd", methods.params_class("reviewkd")(**params), _ctx(s, t))
-    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    out_s = s(x)
-    with torch.no_grad():
-        out_t = t(x)
+    t, s = make_pair(t_name, s_name)
+    m = make_method("reviewkd", s, t, **params)
+    out_s, out_t, y = random_batch(s, t, batch)
     return s, t, m, out_s, out_t, m.losses(out_s, out_t, y, torch.arange(batch), epoch=epoch)
 
 
@@ -68,21 +51,16 @@ def test_reviewkd_terms_gradients_and_warmup():
     assert [f.shape for f in fused] == [f.shape for f in targets]
     assert [tuple(f.shape[1:]) for f in targets] == [(16, 32, 32), (32, 16, 16), (64, 8, 8), (64, 1, 1)]
     assert abs(terms["reviewkd"].item() - 5.0 * 5 / 20 * hcl_loss(fused, targets).item()) < 1e-4
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, list(s.parameters()), retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
+    assert_terms_send_gradient(terms, s)
     # every ABF parameter (incl. the attention convs of the fusing levels) receives gradient
-    grads = torch.autograd.grad(terms["reviewkd"], list(m.parameters()), allow_unused=True)
-    for (pname, _), g in zip(m.named_parameters(), grads):
-        assert g is not None and g.abs().sum() > 0, pname
+    assert_each_gets_gradient(terms["reviewkd"], m.named_parameters())
 
 
 def test_reviewkd_fuses_deepest_first():
     # the shallowest output depends on the deeper student stages (through the residual chain) and the
     # deepest output does not depend on the shallow ones
-    torch.manual_seed(0)
-    s, t = models.create("resnet8", 10), models.create("resnet14", 10).eval()
-    m = methods.create("reviewkd", methods.params_class("reviewkd")(), _ctx(s, t)).eval()
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("reviewkd", s, t).eval()
     levels = [f.detach().requires_grad_(True) for f in m.student_levels(s(torch.randn(2, 3, 32, 32))[1])]
     outs = m.review(levels)
     g_deep = torch.autograd.grad(outs[0].sum(), levels[-1], retain_graph=True)[0]
@@ -92,9 +70,8 @@ def test_reviewkd_fuses_deepest_first():
 
 
 def test_reviewkd_extra_parameters_resnet8x4_from_resnet32x4():
-    s, t = models.create("resnet8x4", 100), models.create("resnet32x4", 100)
-    ctx = methods.MethodContext(student=s, teacher=t, num_classes=100, num_train=8)
-    m = methods.create("reviewkd", methods.params_class("reviewkd")(), ctx)
+    t, s = make_pair("resnet32x4", "resnet8x4", num_classes=100)
+    m = make_method("reviewkd", s, t, n_train=8, num_classes=100)
     mid = 256  # min(512, pooled channels 256)
 
     def bn(c):  # weight, bias, running mean, running var, num_batches_tracked

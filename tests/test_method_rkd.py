@@ -6,16 +6,10 @@ import pytest
 import torch
 
 import methods
-import models
+from method_helpers import (assert_no_extra_parameters, assert_step_updates_student, assert_terms_send_gradient,
+                            make_method, make_pair, random_batch)
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.rkd import rkd_angle_loss, rkd_distance_loss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 F_S = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.5], [3.0, 0.0, -2.0], [0.5, 0.5, 0.5]])
@@ -62,11 +56,6 @@ def test_relations_are_invariant_to_scale_and_translation():
     assert rkd_distance_loss(t[:, [1, 0, 2]] + t, t).item() > 1e-4  # a real change is seen
 
 
-def _ctx(student, teacher, n=16):
-    return methods.MethodContext(student=student, teacher=teacher, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
 def test_defaults_are_the_spec_values():
     p = methods.params_class("rkd")()
     assert (p.ce_weight, p.feat_weight, p.distance_weight, p.angle_weight) == (1.0, 1.0, 25.0, 50.0)
@@ -75,39 +64,21 @@ def test_defaults_are_the_spec_values():
 
 
 def test_terms_are_weighted_and_each_sends_gradient_to_the_student():
-    torch.manual_seed(0)
-    s, t = models.create("resnet8", 10), models.create("resnet14", 10).eval()
-    m = methods.create("rkd", methods.params_class("rkd")(feat_weight=2.0), _ctx(s, t))
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    out_s = s(x)
-    with torch.no_grad():
-        out_t = t(x)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("rkd", s, t, feat_weight=2.0)
+    out_s, out_t, y = random_batch(s, t)
     terms = m.losses(out_s, out_t, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "rkd_dist", "rkd_angle"}
     f_s, f_t = out_s[1].pooled.detach(), out_t[1].pooled
     assert abs(terms["rkd_dist"].item() - 2.0 * 25.0 * rkd_distance_loss(f_s, f_t).item()) < 1e-5
     assert abs(terms["rkd_angle"].item() - 2.0 * 50.0 * rkd_angle_loss(f_s, f_t).item()) < 1e-5
-    for name, term in terms.items():
-        assert torch.isfinite(term), name
-        grads = torch.autograd.grad(term, list(s.parameters()), retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
-    assert m.extra_parameter_count() == 0 and not list(m.parameters())
+    assert_terms_send_gradient(terms, s)
+    assert_no_extra_parameters(m)
 
 
 def test_cross_family_pair_runs_a_step():
-    torch.manual_seed(0)
-    s, t = models.create("MobileNetV2", 10), models.create("vgg8", 10).eval()  # 1280-d vs 512-d embeddings
-    m = methods.create("rkd", methods.params_class("rkd")(), _ctx(s, t))
-    opt = torch.optim.SGD(s.parameters(), lr=0.01)
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    before = [p.detach().clone() for p in s.parameters()]
-    with torch.no_grad():
-        out_t = t(x)
-    loss = sum(m.losses(s(x), out_t, y, torch.arange(4), epoch=1).values())
-    assert torch.isfinite(loss)
-    loss.backward()
-    opt.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, s.parameters()))
+    t, s = make_pair("vgg8", "MobileNetV2")  # 1280-d vs 512-d embeddings
+    assert_step_updates_student(make_method("rkd", s, t), s, t)
 
 
 def test_degenerate_batches_stay_finite():

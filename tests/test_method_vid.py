@@ -7,22 +7,9 @@ import pytest
 import torch
 
 import methods
-import models
+from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, random_batch
+from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.vid import vid_loss
-
-
-def _ctx(t_arch, s_arch, n=8):
-    torch.manual_seed(0)
-    t, s = models.create(t_arch, 10).eval(), models.create(s_arch, 10)
-    return methods.MethodContext(student=s, teacher=t, num_classes=10, num_train=n, input_size=32,
-                                 train_labels=torch.randint(0, 10, (n,)))
-
-
-def _outputs(ctx, b=4):
-    x, y = torch.randn(b, 3, 32, 32), torch.randint(0, 10, (b,))
-    with torch.no_grad():
-        t_out = ctx.teacher(x)
-    return ctx.student(x), t_out, y
 
 
 def test_vid_loss_matches_numpy():
@@ -36,13 +23,13 @@ def test_vid_loss_matches_numpy():
 
 
 def test_vid_terms_gradient_trainable_variance_and_count():
-    ctx = _ctx("resnet14", "resnet8")
-    m = methods.create("vid", methods.params_class("vid")(), ctx)
+    t, s = make_pair("resnet14", "resnet8")
+    m = make_method("vid", s, t)
     p = m.params
     assert (p.ce_weight, p.vid_weight, p.init_pred_var, p.eps) == (1.0, 1.0, 5.0, 1e-5)
     for reg in m.regressors:
         assert torch.allclose(reg.pred_var(), torch.full_like(reg.alpha, 5.0), atol=1e-6)
-    s_out, t_out, y = _outputs(ctx)
+    s_out, t_out, y = random_batch(s, t)
     terms = m.losses(s_out, t_out, y, torch.arange(4), epoch=1)
     assert set(terms) == {"ce", "vid"}
     # value: stage by stage with numpy, from the regressor means and sigma^2 = 5
@@ -51,16 +38,12 @@ def test_vid_terms_gradient_trainable_variance_and_count():
         mu = reg(f_s).detach().numpy()
         expected += (0.5 * ((mu - f_t.numpy()) ** 2 / 5.0 + math.log(5.0))).mean()
     assert terms["vid"].item() == pytest.approx(expected, rel=1e-5)
-    params = list(ctx.student.parameters())
-    for name, term in terms.items():
-        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0, name
+    assert_terms_send_gradient(terms, s)
     # the variance parameters are registered, receive gradient and are moved by the optimiser
     own = dict(m.named_parameters())
     assert {f"regressors.{i}.alpha" for i in range(3)} <= set(own)
     assert "regressors.0.alpha" in m.state_dict()
-    grads = torch.autograd.grad(terms["vid"], list(own.values()), retain_graph=True)
-    assert all(float(g.abs().sum()) > 0 for g in grads)
+    assert_each_gets_gradient(terms["vid"], own.items())
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     before = m.regressors[2].alpha.detach().clone()
     terms["vid"].backward()
@@ -76,11 +59,11 @@ def test_vid_rejects_variance_below_eps():
 
 
 def test_vid_cross_family_vgg8_to_mobilenetv2():
-    ctx = _ctx("vgg8", "MobileNetV2")  # teacher 4 stages (128..512 ch), student 5: the last 4 are paired
-    m = methods.create("vid", methods.params_class("vid")(), ctx)
+    t, s = make_pair("vgg8", "MobileNetV2")  # teacher 4 stages (128..512 ch), student 5: the last 4 are paired
+    m = make_method("vid", s, t)
     pairs = [(16, 128), (48, 256), (160, 512), (1280, 512)]
     assert [(r.net[0].in_channels, r.net[-1].out_channels) for r in m.regressors] == pairs
-    s_out, t_out, y = _outputs(ctx, b=2)
+    s_out, t_out, y = random_batch(s, t, batch=2)
     terms = m.losses(s_out, t_out, y, torch.arange(2), epoch=1)
     total = sum(terms.values())
     assert torch.isfinite(total)

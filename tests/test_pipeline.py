@@ -61,7 +61,7 @@ def _runs(repo):
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
 
 
-STAGES = ["prepare_data", "train_teacher", "train_baseline", "distill", "report"]
+STAGES = ["prepare_data", "train_teacher", "train_baseline", "build_supervision", "distill", "report"]
 
 
 def test_repro_runs_every_stage_and_tracks_it(repo):
@@ -126,6 +126,35 @@ def test_bad_params_stop_the_stage_with_one_line_and_keep_outputs(repo):
     assert lines == [lines[0]] and lines[0].startswith("error: params.yaml: method: unknown method 'nope'")
     assert (repo / "data/student/model.pt").read_bytes() == model
     _run(repo, "git", "checkout", "params.yaml")
+
+
+def test_killed_stage_resumes_where_it_stopped(repo):
+    """SIGKILL a training stage after its first epoch; `dvc repro` of it resumes instead of restarting."""
+    import signal
+    import time
+
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["student"]["train"]["epochs"] = 40  # long enough to be killed mid-run
+    p["student"]["train"]["keep_epochs"] = [0, 40]
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_baseline"], cwd=repo, env=_env(repo),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not list((repo / ".dvc/tmp/kdlens").glob("train_baseline-*/last.pt")):
+            assert proc.poll() is None, "the stage ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    out = _run(repo, "dvc", "repro", "train_baseline")
+    summary = json.loads((repo / "metrics/baseline.json").read_text())
+    assert summary["resumed_from_epoch"] >= 1, out.stderr[-2000:]
+    assert "resuming from" in out.stdout + out.stderr
+    assert summary["kept_epochs"] == [0, 40]  # the epoch-0 copy made before the kill survived
+    assert not list((repo / ".dvc/tmp/kdlens").glob("train_baseline-*")), "work dir removed after success"
+    _run(repo, "git", "checkout", "params.yaml")
+    _run(repo, "dvc", "repro")  # back to the committed state (restored from the run cache)
 
 
 def _free_port():
