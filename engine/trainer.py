@@ -23,6 +23,7 @@ from tqdm import tqdm
 from . import checkpoint
 from .loader import Loader, epoch_generator
 from .params import TrainParams
+from .weight_distance import WeightDistance
 
 LAST = "last.pt"
 
@@ -80,6 +81,7 @@ class FitResult:
     kept: dict[int, Path] = field(default_factory=dict)  # epoch -> checkpoint path in work_dir
     resumed_from: int = 0
     phases: dict[str, list[dict]] = field(default_factory=dict)  # extra phase name -> its epoch records
+    weight_distance: dict = field(default_factory=dict)  # engine.weight_distance.WeightDistance.as_dict()
 
     @property
     def final(self) -> dict:
@@ -92,7 +94,7 @@ def _sgd(params, lr: float, momentum: float, nesterov: bool, weight_decay: float
 
 
 def _train_epoch(student, teacher, loss_fn, optimizer, scaler, train: Loader, epoch: int, lr_of_step,
-                 desc: str, grad_params: list, use_amp: bool) -> dict:
+                 desc: str, grad_params: list, use_amp: bool, after_step=None) -> dict:
     """One pass over the training set: forward, sum the named terms, step. Returns the epoch's means."""
     device = train.images.device
     steps = len(train)
@@ -121,6 +123,8 @@ def _train_epoch(student, teacher, loss_fn, optimizer, scaler, train: Loader, ep
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if after_step is not None:
+            after_step()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
@@ -180,6 +184,8 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     """Train ``student`` (and the method's own parts) for ``cfg.epochs`` epochs; resume from ``work_dir``.
 
     ``on_epoch`` receives every epoch's record (extra phases' records carry ``phase/<name>/`` keys).
+    The weight distance of every student layer (Cheng et al.'s learning-effort measure) is recorded over
+    the main training, from the weights it starts with (after any extra phase) as epoch 0.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -197,8 +203,10 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     result = FitResult()
     start_epoch = 1
     last = work_dir / LAST
+    state = None
     if last.exists():
-        state = checkpoint.load(last, map_location=device, required=("student", "method", "optimizer", "epoch"))
+        state = checkpoint.load(last, map_location=device,
+                                required=("student", "method", "optimizer", "epoch", "weight_distance"))
         student.load_state_dict(state["student"])
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
@@ -208,10 +216,15 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         print(f"[{name}] resuming from {last} after epoch {state['epoch']}", file=sys.stderr)
     for path in sorted(work_dir.glob("epoch_*.pt")):
         result.kept[int(path.stem.split("_")[1])] = path
-    if 0 in cfg.keep_epochs and 0 not in result.kept:
-        result.kept[0] = _keep(work_dir, student, 0)
     if start_epoch == 1:
         result.phases = _run_phases(method, student, teacher, train, seed, name, use_amp, on_epoch)
+    # Epoch 0 is the weights the main training starts from (after any extra phase), for the kept
+    # checkpoint and the weight distance alike.
+    if 0 in cfg.keep_epochs and 0 not in result.kept:
+        result.kept[0] = _keep(work_dir, student, 0)
+    distance = WeightDistance(student)
+    if state is not None:
+        distance.load_state_dict(state["weight_distance"])
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         _seed_epoch(seed, epoch, stream=1)
@@ -219,7 +232,8 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         method.train()
         rec = _train_epoch(student, teacher, method.losses, optimizer, scaler, train, epoch,
                            lambda frac, e=epoch: lr_at(cfg, e - 1 + frac), f"{name} {epoch}/{cfg.epochs}",
-                           student_params, use_amp)
+                           student_params, use_amp, after_step=distance.after_step)
+        distance.end_epoch()
         ev = evaluate(student, test, desc=f"{name} test")
         record = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), **rec,
                   "test/top1": ev["top1"], "test/top5": ev["top5"], "test/loss": ev["loss"]}
@@ -231,9 +245,10 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
             result.kept[epoch] = _keep(work_dir, student, epoch)
         checkpoint.save(last, {"student": student.state_dict(), "method": method.state_dict(),
                                "optimizer": optimizer.state_dict(), "epoch": epoch,
-                               "history": json.dumps(result.history)})
+                               "history": json.dumps(result.history), "weight_distance": distance.state_dict()})
         if on_epoch is not None:
             on_epoch(record)
+    result.weight_distance = distance.as_dict()
     return result
 
 

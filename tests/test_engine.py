@@ -176,3 +176,21 @@ def test_extra_phase_trains_only_its_parts_and_is_frozen_afterwards(tmp_path):
     for k, v in model.state_dict().items():
         if "running" not in k and "num_batches" not in k:
             assert torch.allclose(v, student_before[k], atol=1e-9), k
+
+
+def test_weight_distance_is_recorded_and_survives_resume(tmp_path):
+    _, full = _fit(tmp_path / "full")
+    wd = full.weight_distance
+    assert wd["epochs"] == [0, 1, 2, 3]
+    layer = wd["layers"]["conv.weight"]
+    assert layer["cumulative"][0] == 0.0 and all(d > 0 for d in layer["per_iteration"][1:])
+    assert wd["steps_per_epoch"] == [0, 3, 3, 3]
+
+    def kill_after_2(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "run", on_epoch=kill_after_2)
+    _, resumed = _fit(tmp_path / "run")
+    assert resumed.weight_distance["layers"]["conv.weight"]["cumulative"] == pytest.approx(layer["cumulative"])
