@@ -24,11 +24,13 @@ from .files import sha256_file, write_json
 from .loader import Loader
 from .params import TrainParams, flatten, params_hash
 from .stage import work_dir
+from .supervision import load_supervision
 from .trainer import fit
 from .tracking import StageRun
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_DIR = "checkpoints"
+WEIGHT_DISTANCE_FILE = "weight_distance.json"
 
 
 def load_model(path: str | Path, dev: torch.device | None = None) -> models.Classifier:
@@ -58,12 +60,13 @@ class TrainJob:
     curves_path: Path  # metrics/curves/<role>.json
     params_slice: dict  # the params this stage declares (logged and hashed)
     teacher_path: Path | None = None
+    supervision_path: Path | None = None  # data/supervision: loaded only for a method that needs it
 
 
-def build_method(name: str, params: methods.MethodParams, student, teacher, data: Prepared):
+def build_method(name: str, params: methods.MethodParams, student, teacher, data: Prepared, supervision=None):
     ctx = methods.MethodContext(student=student, teacher=teacher, num_classes=data.num_classes,
                                 num_train=len(data.train.labels), input_size=data.train.images.shape[-1],
-                                train_labels=torch.from_numpy(data.train.labels))
+                                train_labels=torch.from_numpy(data.train.labels), supervision=supervision)
     try:
         return methods.create(name, params, ctx)
     except methods.MethodNotApplicable as e:
@@ -78,12 +81,12 @@ def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> t
 
 
 def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, method_params, data: Prepared,
-                  work: Path, teacher=None, name: str = "train", on_epoch=None):
+                  work: Path, teacher=None, name: str = "train", on_epoch=None, supervision=None):
     """Build a student and its method, train them; returns (student, method, FitResult)."""
     dev = device()
     torch.manual_seed(seed)  # same seed + arch => the baseline and every student start alike
     student = models.create(arch, data.num_classes).to(dev)
-    method = build_method(method_name, method_params, student, teacher, data).to(dev)
+    method = build_method(method_name, method_params, student, teacher, data, supervision).to(dev)
     train, test = loaders(data, cfg, seed, dev)
     result = fit(student, method, cfg, train, test, seed=seed, work_dir=work, teacher=teacher, name=name,
                  on_epoch=on_epoch)
@@ -98,34 +101,41 @@ def run_train_job(job: TrainJob) -> dict:
     # A method that needs no teacher (e.g. ``ce`` in the distill stage) must not pay for its forward pass.
     use_teacher = job.teacher_path is not None and methods.get(job.method).needs_teacher
     teacher = load_model(job.teacher_path, dev) if use_teacher else None
+    needs_sup = job.supervision_path is not None and methods.get(job.method).needs_supervision
+    supervision = load_supervision(job.supervision_path) if needs_sup else None
     # Counted before training so a method that cannot serve this pair fails before any work.
     torch.manual_seed(job.seed)
     probe = models.create(job.arch, data.num_classes).to(dev)
     counts = {"params/student": count_parameters(probe),
               "params/method_extra": build_method(job.method, job.method_params, probe, teacher,
-                                                  data).extra_parameter_count()}
+                                                  data, supervision).extra_parameter_count()}
     cfg = job.train
 
     inputs = {"data_sha256": card["sha256"]}
     if job.teacher_path:
         inputs["teacher_sha256"] = sha256_file(job.teacher_path)
+    if supervision is not None:
+        inputs["supervision_sha256"] = supervision["card"]["sha256"]
     key = params_hash({**job.params_slice, **inputs})
     logged = {**flatten(job.params_slice), **{f"input.{k}": v[:12] for k, v in inputs.items()},
               "device": str(dev)}
     with StageRun(job.stage, card["name"], logged, key, method=job.method) as run, work_dir(job.stage, key) as wd:
         run.log_metrics(counts)
-        student, _, result = train_network(
+        student, method, result = train_network(
             job.arch, cfg, job.seed, job.method, job.method_params, data, wd, teacher=teacher, name=job.stage,
-            on_epoch=lambda rec: run.log_metrics(rec, step=rec["epoch"]))
+            on_epoch=lambda rec: run.log_metrics(rec, step=rec["epoch"]), supervision=supervision)
         # Outputs: final weights, kept checkpoints (moved out of the work dir), metrics and curves.
         job.out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"arch": job.arch, "num_classes": data.num_classes, "epoch": cfg.epochs, "stage": job.stage,
                 "method": job.method, "params_hash": key}
-        checkpoint.save(job.out_dir / MODEL_FILE, {"model": student.state_dict(), "meta": meta})
+        extra = {"method": method.state_dict()} if method.part_of_student else {}  # e.g. letKD's KD layers
+        checkpoint.save(job.out_dir / MODEL_FILE, {"model": student.state_dict(), "meta": meta, **extra})
         ckpt_dir = job.out_dir / CHECKPOINT_DIR
         ckpt_dir.mkdir(exist_ok=True)
         for epoch, path in sorted(result.kept.items()):
             shutil.move(str(path), ckpt_dir / path.name)
+        # Per-layer weight distance over training: the knowledge metrics' learning-effort axis.
+        write_json(job.out_dir / WEIGHT_DISTANCE_FILE, result.weight_distance)
         history = result.history
         best = max(history, key=lambda r: r["test/top1"])
         summary = {

@@ -130,6 +130,7 @@ class SupervisionParams(Section):
     k: int = Field(4096, ge=1)  # k-means centroids of the teacher's last-stage locations
     iterations: int = Field(20, ge=1)  # k-means iterations (penultimate and per-class sub-classes)
     n_init: int = Field(1, ge=1)  # k-means restarts, best kept
+    init: Literal["afkmc2", "kmeans++", "random"] = "afkmc2"  # k-means seeding (upstream: random)
     seed: int = Field(0, ge=0)
     inter_stage: int = -2  # index into the teacher's (and student's) Features.stages; not the last
     lda_dim: int = Field(60, ge=1)  # LDA components (<= min(channels, classes - 1))
@@ -137,6 +138,60 @@ class SupervisionParams(Section):
     penult_size: int = Field(0, ge=0)  # average-pool the last-stage map to this side first (0 = as is)
     inter_size: int = Field(0, ge=0)  # the same for the intermediate map
     batch_size: int = Field(256, ge=1)  # teacher feature-extraction batch
+
+
+class SigmaSection(Section):
+    """Stage ``estimate_sigma`` (explain/sigma.py ``SigmaParams`` plus what to analyse; spec §6.1).
+
+    ``noise_batch``: the spec's faithful value is 96 (the default here); params.yaml uses 16 on ``scenes``
+    to fit the CPU time budget (2 models x 5 checkpoints x 16 images). ``mask_mode``: how the exact pixel
+    masks become grid cells for the report -- ``any`` (default): a cell is foreground if any of its pixels
+    is; the spec's nearest sampling (``center``) leaves too few foreground cells on thin digit strokes.
+    """
+
+    grid: int = Field(8, ge=1)
+    sigma0: float = Field(0.01, gt=0)
+    clamp: tuple[float, float] = (1e-3, 1.0)
+    lambda_h: float = Field(6.0, ge=0)
+    lr: float = Field(2.5e-5, gt=0)
+    steps: int = Field(80, ge=1)
+    probe_step: int = Field(60, ge=1)
+    lambda_boost: float = Field(1.5, gt=0)
+    budget_ratio: float = Field(1.4714, gt=0)
+    entropy_target: float | None = None  # overrides budget_ratio when set (reference: -2.8)
+    noise_batch: int = Field(96, ge=1)
+    relu: bool = True
+    max_samples: int | None = Field(128, ge=1)
+    n_images: int = Field(16, ge=1)  # the first n test images with masks (all test images without masks)
+    seed: int = Field(0, ge=0)  # same noise for every checkpoint and model (common random numbers)
+    tap: Literal["stem", "stages", "preact", "pooled", "logits"] = "stages"
+    index: int = -1  # which of Features.stages/preact
+    mask_mode: Literal["any", "center", "nearest"] = "any"
+
+    def library(self):
+        from explain.sigma import SigmaParams
+
+        d = self.model_dump(exclude={"n_images", "seed", "tap", "index", "mask_mode"})
+        return SigmaParams(**d)
+
+
+class KnowledgeSection(Section):
+    """The knowledge metrics of ``report`` (explain/knowledge.py ``KnowledgeParams``; spec §2, §3)."""
+
+    b: float = Field(0.2, gt=0)
+    background: Literal["dataset", "per_image"] = "dataset"
+    empty: Literal["zero", "exclude"] = "zero"
+    skip_first: bool = False
+    effect_filter: bool = False
+    filter_min_epoch: int | None = None
+    filter_top_frac: float | None = Field(None, gt=0, le=1)
+    intersect_runs: bool = True
+    center_box_frac: float = Field(1 / 6, ge=0, lt=0.5)  # foreground prior when the data has no masks (CIFAR)
+
+    def library(self):
+        from explain.knowledge import KnowledgeParams
+
+        return KnowledgeParams(**self.model_dump(exclude={"center_box_frac"}))
 
 
 class ReportParams(Section):
@@ -151,6 +206,8 @@ class Params(Section):
     student: StudentParams = StudentParams()
     methods: MethodsParams = MethodsParams()
     supervision: SupervisionParams = SupervisionParams()
+    sigma: SigmaSection = SigmaSection()
+    knowledge: KnowledgeSection = KnowledgeSection()
     report: ReportParams = ReportParams()
 
     def method_params(self, name: str | None = None) -> BaseModel:

@@ -37,6 +37,7 @@ class MethodContext:
     num_train: int  # size of the training set (memory banks are indexed by sample)
     input_size: int = 32
     train_labels: torch.Tensor | None = None  # [num_train] labels by dataset index (CRD's negatives)
+    supervision: dict | None = None  # teacher-derived arrays + "card" (engine.supervision) if needs_supervision
 
 
 LossFn = Callable[[Output, "Output | None", torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
@@ -73,11 +74,19 @@ class Method(nn.Module):
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams
     needs_teacher: ClassVar[bool] = True
+    # Reads ctx.supervision (built by the build_supervision stage; the distill stage loads it only then).
+    needs_supervision: ClassVar[bool] = False
+    # The method's own modules are part of the student at test time (letKD's KD layers): the distill
+    # stage stores their state in model.pt under "method" next to the student's.
+    part_of_student: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, ctx: MethodContext):
         super().__init__()
         if self.needs_teacher and ctx.teacher is None:
             raise MethodNotApplicable(f"method {self.name!r} needs a teacher")
+        if self.needs_supervision and ctx.supervision is None:
+            raise MethodNotApplicable(f"method {self.name!r} needs the teacher-derived supervision "
+                                      "(stage build_supervision)")
         self.params = params
         self.ctx = ctx
 

@@ -6,6 +6,7 @@ DATA = Path("data/prepared")
 METRICS = Path("metrics")
 CURVES = METRICS / "curves"
 REPORTS = Path("reports")
+SUPERVISION = Path("data/supervision")  # teacher-derived supervision (build_supervision -> letkd1/letkd2)
 
 
 def role_dir(role: str) -> Path:

@@ -1,0 +1,400 @@
+"""Teacher-derived supervision, built once per teacher before any student trains (letKD, spec Part B3/B4).
+
+Two targets come from the frozen teacher run over the **un-augmented** training set, one feature vector
+per spatial location (every location of every image is a sample):
+
+* **penultimate** (``Features.stages[-1]``): k-means with ``k`` centroids ρ_1..ρ_k (faiss, L2, all points,
+  no PCA/whitening, fixed seed; AFK-MC² seeding by default where upstream seeded at random: on the
+  scenes teacher random seeding ends 8% higher in inertia). Online a location's soft target is
+  softmax_k(-τ·‖f − ρ_k‖²).
+* **intermediate** (``Features.stages[inter_stage]``): LDA (scikit-learn, SVD solver) to ``lda_dim``
+  components, z = (f − x̄)·W. Each class c is split by k-means into ``subclasses`` sub-classes with
+  centres ρ_{c,j} (class-major index s = subclasses·c + j). Every location is re-assigned to the nearest
+  centre *within its own class*, s(i); the prototype μ_s is the mean of the z assigned to s; ŝ(i) is the
+  nearest prototype over *all* sub-classes. The teacher decision matrix is
+
+      D[s, s'] = |{i : s(i) = s, ŝ(i) = s'}| / |{i : s(i) = s}|
+
+  (each row a distribution; a sub-class that received no location gets the one-hot row D[s, s] = 1).
+  Online the target of a location with label y is D[k*] with k* the nearest centre among y's sub-classes.
+
+Either map may first be average-pooled to a side of ``penult_size`` / ``inter_size`` (0 = as is), the
+spec's "downscale" for pairs whose student maps are smaller than the teacher's.
+
+On disk (``save_supervision``): ``supervision.npz`` (deterministic bytes: sorted members, fixed zip
+timestamps) plus ``card.json`` with every array's shape and dtype, the grids, the npz's SHA-256 and the
+build statistics. ``load_supervision`` checks all of it and reports a missing or corrupt file in one line.
+No MLflow here: the stage logs what ``build_supervision`` returns.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .datasets.store import Prepared, Split
+from .errors import KdlensError
+from .loader import Loader
+
+NPZ = "supervision.npz"
+CARD = "card.json"
+FORMAT = 1
+# What every supervision file holds (name -> number of dimensions); the loader checks these.
+ARRAYS = {
+    "centroids": 2,  # [k, C_penult] float32: k-means centroids of the teacher's last-stage locations
+    "centroid_counts": 1,  # [k] int64: locations assigned to each centroid
+    "kmeans_inertia": 1,  # [<= iterations] float64: the k-means objective at each iteration
+    "lda_scalings": 2,  # [C_inter, lda_dim] float32: z = (f - lda_xbar) @ lda_scalings
+    "lda_xbar": 1,  # [C_inter] float32
+    "sub_centers": 2,  # [num_classes * subclasses, lda_dim] float32, class-major
+    "sub_prototypes": 2,  # [num_classes * subclasses, lda_dim] float32: mean z of each sub-class
+    "sub_counts": 1,  # [num_classes * subclasses] int64: locations in each sub-class
+    "decision": 2,  # [num_classes * subclasses]^2 float32: teacher decision matrix, rows sum to 1
+}
+
+
+# ----------------------------------------------------------------------------------------------- k-means
+@dataclass
+class KMeansResult:
+    centroids: np.ndarray  # [k, d] float32
+    labels: np.ndarray  # [n] int64: nearest final centroid
+    inertia: np.ndarray  # [iterations] the objective (sum of squared distances) at each iteration
+    final_inertia: float  # sum of squared distances to the final centroids
+    device: str  # "faiss-gpu" or "faiss-cpu"
+    seconds: float
+
+
+def faiss_use_gpu() -> bool:
+    """A faiss GPU index when this faiss build sees a GPU and kdlens runs on CUDA (KDLENS_DEVICE=cpu: no)."""
+    import faiss
+
+    from .device import device
+
+    num_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return num_gpus > 0 and torch.cuda.is_available() and device().type == "cuda"
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(index, squared distance) of the nearest centroid for each row of ``x`` (exact L2, faiss)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    if gpu:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    dist, idx = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return idx[:, 0].astype(np.int64), np.maximum(dist[:, 0].astype(np.float64), 0.0)
+
+
+INITS = ("afkmc2", "kmeans++", "random")
+
+
+def kmeans(x: np.ndarray, k: int, iterations: int, seed: int, n_init: int = 1, init: str = "afkmc2",
+           gpu: bool | None = None) -> KMeansResult:
+    """Lloyd's k-means with faiss on every row of ``x`` (no sub-sampling), seeded from ``seed``.
+
+    ``init``: "afkmc2" (AFK-MC², Bachem et al. NeurIPS 2016: k-means++-quality seeding at O(n·d) cost),
+    "kmeans++" (exact, O(n·k·d) sequential passes: slow for large k on a CPU) or "random" (upstream letKD's
+    faiss default; ~8% higher final inertia on the scenes teacher). ``n_init`` restarts (seeds ``seed``,
+    ``seed+1``, ...) keep the lowest final objective; ``inertia`` is that restart's objective at each
+    iteration (faiss stops early once it no longer changes).
+    """
+    import faiss
+
+    seeding = {"afkmc2": faiss.ClusteringInitMethod_AFK_MC2, "random": faiss.ClusteringInitMethod_RANDOM,
+               "kmeans++": faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS}
+    if init not in seeding:
+        raise ValueError(f"unknown k-means init {init!r}; choose one of {', '.join(INITS)}")
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {n} points")
+    gpu = faiss_use_gpu() if gpu is None else gpu
+    t0 = time.perf_counter()
+    best = None
+    for restart in range(n_init):
+        km = faiss.Kmeans(d, k, niter=iterations, seed=seed + restart, gpu=bool(gpu), verbose=False,
+                          init_method=seeding[init],
+                          max_points_per_centroid=n // k + 1,  # every point is used (faiss samples otherwise)
+                          min_points_per_centroid=1)  # small data sets are allowed; no warning spam
+        km.train(x)
+        if best is None or km.obj[-1] < best.obj[-1]:
+            best = km
+    labels, dist = nearest(x, best.centroids, gpu=bool(gpu))
+    seconds = time.perf_counter() - t0
+    return KMeansResult(centroids=best.centroids.astype(np.float32), labels=labels,
+                        inertia=np.asarray(best.obj, dtype=np.float64), final_inertia=float(dist.sum()),
+                        device="faiss-gpu" if gpu else "faiss-cpu", seconds=seconds)
+
+
+# --------------------------------------------------------------------------------------- LDA sub-classes
+@dataclass
+class SubclassTargets:
+    scalings: np.ndarray  # [C, dim]
+    xbar: np.ndarray  # [C]
+    centers: np.ndarray  # [num_classes * subclasses, dim]
+    prototypes: np.ndarray  # [num_classes * subclasses, dim]
+    counts: np.ndarray  # [num_classes * subclasses]
+    decision: np.ndarray  # [num_classes * subclasses, num_classes * subclasses]
+    own: np.ndarray = field(repr=False)  # [n] s(i): sub-class within the own class
+    seconds: float = 0.0
+
+
+def lda_project(f: np.ndarray, scalings: np.ndarray, xbar: np.ndarray) -> np.ndarray:
+    """z = (f - x̄) · W (scikit-learn's ``transform`` for the SVD solver, truncated to W's columns)."""
+    return ((f - xbar) @ scalings).astype(np.float32)
+
+
+def nearest_in_class(z: np.ndarray, labels: np.ndarray, centers: np.ndarray, subclasses: int) -> np.ndarray:
+    """s(i) = subclasses·y_i + argmin_j ‖z_i − centers[subclasses·y_i + j]‖²: only the own class's centres."""
+    cand = centers.reshape(-1, subclasses, centers.shape[1])[labels]  # [n, subclasses, dim]
+    d = ((z[:, None, :] - cand) ** 2).sum(-1)
+    return labels.astype(np.int64) * subclasses + d.argmin(1)
+
+
+def decision_matrix(own: np.ndarray, decided: np.ndarray, size: int) -> np.ndarray:
+    """D[s, s'] = fraction of the locations of sub-class s (own) that the teacher decides as s'."""
+    counts = np.zeros((size, size), dtype=np.float64)
+    np.add.at(counts, (own, decided), 1.0)
+    totals = counts.sum(1, keepdims=True)
+    d = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    empty = totals[:, 0] == 0
+    d[empty, np.flatnonzero(empty)] = 1.0  # a sub-class with no location decides itself
+    return d.astype(np.float32)
+
+
+def lda_subclasses(f: np.ndarray, labels: np.ndarray, num_classes: int, dim: int, subclasses: int,
+                   iterations: int, seed: int, n_init: int = 1, init: str = "afkmc2", gpu: bool | None = None,
+                   chunk: int = 1 << 18) -> SubclassTargets:
+    """LDA to ``dim`` components, ``subclasses`` k-means sub-classes per class, the decision matrix."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    t0 = time.perf_counter()
+    present = np.unique(labels)
+    if len(present) != num_classes:
+        raise KdlensError(f"supervision: the training set has {len(present)} of {num_classes} classes; "
+                          "every class needs locations for its sub-classes")
+    max_dim = min(f.shape[1], num_classes - 1)
+    if not 1 <= dim <= max_dim:
+        raise KdlensError(f"supervision.lda_dim: {dim} is not in [1, {max_dim}] = [1, min(channels "
+                          f"{f.shape[1]}, classes-1 {num_classes - 1})]")
+    lda = LinearDiscriminantAnalysis(n_components=dim, solver="svd").fit(f, labels)
+    scalings = np.ascontiguousarray(lda.scalings_[:, :dim], dtype=np.float32)
+    xbar = np.asarray(lda.xbar_, dtype=np.float32)
+    z = np.concatenate([lda_project(f[i:i + chunk], scalings, xbar) for i in range(0, len(f), chunk)])
+    centers = np.zeros((num_classes * subclasses, dim), np.float32)
+    for c in range(num_classes):
+        zc = z[labels == c]
+        if len(zc) < subclasses:
+            raise KdlensError(f"supervision.subclasses: class {c} has {len(zc)} locations, fewer than "
+                              f"{subclasses} sub-classes")
+        km = kmeans(zc, subclasses, iterations, seed + c, n_init=n_init, init=init, gpu=gpu)
+        centers[c * subclasses:(c + 1) * subclasses] = km.centroids
+    own = np.concatenate([nearest_in_class(z[i:i + chunk], labels[i:i + chunk], centers, subclasses)
+                          for i in range(0, len(z), chunk)])
+    size = num_classes * subclasses
+    counts = np.bincount(own, minlength=size)
+    sums = np.zeros((size, dim), np.float64)
+    np.add.at(sums, own, z)
+    prototypes = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers).astype(np.float32)
+    decided, _ = nearest(z, prototypes, gpu=bool(gpu) if gpu is not None else faiss_use_gpu())
+    return SubclassTargets(scalings=scalings, xbar=xbar, centers=centers, prototypes=prototypes,
+                           counts=counts.astype(np.int64), decision=decision_matrix(own, decided, size), own=own,
+                           seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------ teacher features
+def location_rows(fmap: torch.Tensor, side: int = 0) -> torch.Tensor:
+    """[B, C, H, W] -> [B·H·W, C] rows in (image, h, w) order, after average-pooling to side×side if side>0."""
+    if side and fmap.shape[-1] != side:
+        fmap = F.adaptive_avg_pool2d(fmap, side)
+    return fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
+
+
+@torch.no_grad()
+def teacher_features(teacher: torch.nn.Module, split: Split, mean, std, taps: dict[str, tuple[int, int]],
+                     batch_size: int, dev: torch.device, desc: str = "teacher features"
+                     ) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """Per-location teacher features of an un-augmented split, batched.
+
+    ``taps``: name -> (index into ``Features.stages``, pooled side or 0). Returns name -> float32
+    [N·H·W, C] and name -> grid [H, W] (after pooling).
+    """
+    teacher.eval()
+    loader = Loader(split, mean, std, batch_size, dev)  # no augmentation, dataset order
+    out: dict[str, np.ndarray] = {}
+    grids: dict[str, list[int]] = {}
+    row = {name: 0 for name in taps}
+    for x, _, _ in tqdm(loader.batches(), total=len(loader), desc=desc, disable=None):
+        _, feats = teacher(x)
+        for name, (stage, side) in taps.items():
+            fmap = feats.stages[stage].float()
+            if side and side > fmap.shape[-1]:
+                raise KdlensError(f"supervision.{name}_size: {side} is larger than the teacher's "
+                                  f"{fmap.shape[-1]}x{fmap.shape[-1]} map at stage {stage}")
+            rows = location_rows(fmap, side)
+            if name not in out:
+                h, w = (side, side) if side else fmap.shape[-2:]
+                grids[name] = [int(h), int(w)]
+                out[name] = np.empty((len(split.labels) * h * w, fmap.shape[1]), np.float32)
+            out[name][row[name]:row[name] + len(rows)] = rows.cpu().numpy()
+            row[name] += len(rows)
+    return out, grids
+
+
+# ---------------------------------------------------------------------------------------------- build
+@dataclass
+class Built:
+    arrays: dict[str, np.ndarray]
+    info: dict  # goes into card.json
+    kmeans: KMeansResult
+    subclasses: SubclassTargets
+    seconds: dict[str, float]
+
+
+def build_supervision(teacher: torch.nn.Module, data: Prepared, cfg, dev: torch.device) -> Built:
+    """Everything of the module docstring, from a trained teacher and a prepared dataset.
+
+    ``cfg`` is the ``supervision`` params section (engine.params.SupervisionParams).
+    """
+    from models.base import feature_shapes
+
+    n = len(feature_shapes(teacher, data.train.images.shape[-1])["stages"])
+    if not -n <= cfg.inter_stage < n or cfg.inter_stage % n == n - 1:
+        raise KdlensError(f"supervision.inter_stage: {cfg.inter_stage} is not an intermediate stage of the "
+                          f"teacher (it has {n} stages; use -{n}..-2 or 0..{n - 2})")
+    t0 = time.perf_counter()
+    taps = {"penult": (-1, cfg.penult_size), "inter": (cfg.inter_stage, cfg.inter_size)}
+    feats, grids = teacher_features(teacher, data.train, data.card["mean"], data.card["std"], taps,
+                                    cfg.batch_size, dev)
+    built = from_features(feats["penult"], feats["inter"], data.train.labels, grids, data.num_classes, cfg)
+    built.seconds = {"features": time.perf_counter() - t0 - built.seconds["total"], **built.seconds,
+                     "total": time.perf_counter() - t0}
+    return built
+
+
+def from_features(penult: np.ndarray, inter: np.ndarray, image_labels: np.ndarray, grids: dict[str, list[int]],
+                  num_classes: int, cfg) -> Built:
+    """The supervision arrays and card info from per-location teacher features (``teacher_features``'
+    output: rows in (image, h, w) order, ``grids`` = {"penult": [H, W], "inter": [H, W]})."""
+    t0 = time.perf_counter()
+    if cfg.k > len(penult):
+        raise KdlensError(f"supervision.k: {cfg.k} centroids for only {len(penult)} teacher locations; lower it")
+    km = kmeans(penult, cfg.k, cfg.iterations, cfg.seed, n_init=cfg.n_init, init=cfg.init)
+    labels = np.repeat(np.asarray(image_labels, dtype=np.int64), grids["inter"][0] * grids["inter"][1])
+    sub = lda_subclasses(inter, labels, num_classes, cfg.lda_dim, cfg.subclasses, cfg.iterations, cfg.seed,
+                         n_init=cfg.n_init, init=cfg.init)
+    counts = np.bincount(km.labels, minlength=cfg.k).astype(np.int64)
+    arrays = {
+        "centroids": km.centroids, "centroid_counts": counts, "kmeans_inertia": km.inertia,
+        "lda_scalings": sub.scalings, "lda_xbar": sub.xbar, "sub_centers": sub.centers,
+        "sub_prototypes": sub.prototypes, "sub_counts": sub.counts, "decision": sub.decision,
+    }
+    p = counts[counts > 0] / counts.sum()
+    info = {
+        "format": FORMAT,
+        "num_classes": num_classes,
+        "k": cfg.k, "subclasses": cfg.subclasses, "lda_dim": cfg.lda_dim, "inter_stage": cfg.inter_stage,
+        "penult_grid": list(grids["penult"]), "inter_grid": list(grids["inter"]),
+        "penult_channels": int(penult.shape[1]), "inter_channels": int(inter.shape[1]),
+        "locations": {"penult": int(len(penult)), "inter": int(len(inter))},
+        "kmeans_device": km.device, "final_inertia": km.final_inertia,
+        "empty_clusters": int((counts == 0).sum()),
+        "code_perplexity": float(np.exp(-(p * np.log(p)).sum())),  # effective number of centroids used
+        "subclass_self_decision": float(np.mean(np.diag(sub.decision))),  # mean D[s, s]
+    }
+    seconds = {"kmeans": km.seconds, "lda_subclasses": sub.seconds, "total": time.perf_counter() - t0}
+    return Built(arrays=arrays, info=info, kmeans=km, subclasses=sub, seconds=seconds)
+
+
+# ----------------------------------------------------------------------------------------------- files
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """An .npz that ``np.load`` reads, with deterministic bytes (sorted members, fixed timestamps)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_supervision(out_dir: str | Path, arrays: dict[str, np.ndarray], info: dict) -> dict:
+    """Write ``supervision.npz`` and ``card.json`` into ``out_dir`` atomically; returns the card."""
+    missing = sorted(set(ARRAYS) - set(arrays))
+    if missing:
+        raise ValueError(f"supervision arrays missing: {missing}")
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_npz(tmp / NPZ, arrays)
+    card = {**info, "file": NPZ, "sha256": _sha256(tmp / NPZ),
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())}}
+    (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return card
+
+
+def load_supervision(sup_dir: str | Path) -> dict:
+    """``{name: array for ARRAYS} | {"card": card}``; a missing or corrupt file is one KdlensError line."""
+    sup_dir = Path(sup_dir)
+    card_path, npz_path = sup_dir / CARD, sup_dir / NPZ
+    fix = "re-run: dvc repro -f build_supervision"
+    try:
+        card = json.loads(card_path.read_text())
+    except FileNotFoundError:
+        raise KdlensError(f"{card_path}: missing; run the supervision stage first "
+                          "(dvc repro build_supervision)") from None
+    except json.JSONDecodeError as e:
+        raise KdlensError(f"{card_path}: corrupt JSON ({e}); {fix}") from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT or not isinstance(card.get("arrays"), dict):
+        raise KdlensError(f"{card_path}: not a kdlens supervision card (format {FORMAT}); {fix}")
+    if not npz_path.is_file():
+        raise KdlensError(f"{npz_path}: missing; {fix}")
+    if _sha256(npz_path) != card.get("sha256"):
+        raise KdlensError(f"{npz_path}: checksum does not match {card_path.name} (corrupt or replaced); {fix}")
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in ARRAYS}
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise KdlensError(f"{npz_path}: corrupt ({why}); {fix}") from None
+    for name, arr in arrays.items():
+        expected = card["arrays"].get(name, {}).get("shape")
+        if list(arr.shape) != expected or arr.ndim != ARRAYS[name]:
+            raise KdlensError(f"{npz_path}: {name} has shape {list(arr.shape)}, card says {expected}; {fix}")
+    return {**arrays, "card": card}
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def cluster_size_figure(counts: np.ndarray, title: str = "k-means cluster sizes"):
+    """Histogram of the number of teacher locations per centroid (log-count axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(counts, bins=min(50, max(10, len(counts) // 8)), color="tab:blue", alpha=0.8)
+    ax.set(xlabel="locations per centroid", ylabel="centroids", yscale="log",
+           title=f"{title} (k={len(counts)}, empty={(counts == 0).sum()})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,49 @@
+"""Stage ``build_supervision``: the teacher-derived supervision of letkd1/letkd2 into data/supervision."""
+from engine.datasets.store import load_prepared
+from engine.device import device
+from engine.files import sha256_file, write_json
+from engine.jobs import load_model
+from engine.params import flatten, load_params, params_hash
+from engine.stage import run_stage
+from engine.supervision import CARD, build_supervision, cluster_size_figure, faiss_use_gpu, save_supervision
+from engine.tracking import StageRun
+
+from .paths import DATA, METRICS, PARAMS, SUPERVISION, role_dir
+
+
+def main() -> None:
+    p = load_params(PARAMS)
+    cfg = p.supervision
+    dev = device()
+    data = load_prepared(DATA)
+    teacher_path = role_dir("teacher") / "model.pt"
+    teacher = load_model(teacher_path, dev)
+    inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
+    logged = {**flatten({"supervision": cfg}), **{f"input.{k}": v[:12] for k, v in inputs.items()},
+              "device": str(dev), "kmeans_device": "faiss-gpu" if faiss_use_gpu() else "faiss-cpu"}
+    key = params_hash({"supervision": cfg.model_dump(), **inputs})
+    with StageRun("build_supervision", data.card["name"], logged, key) as run:
+        built = build_supervision(teacher, data, cfg, dev)
+        card = save_supervision(SUPERVISION, built.arrays, {**built.info, **inputs, "seconds": built.seconds})
+        for step, value in enumerate(built.kmeans.inertia, start=1):
+            run.log_metrics({"kmeans/inertia": value}, step=step)
+        run.log_metrics({"kmeans/final_inertia": built.info["final_inertia"],
+                         "kmeans/empty_clusters": built.info["empty_clusters"],
+                         "kmeans/code_perplexity": built.info["code_perplexity"],
+                         "subclass/self_decision": built.info["subclass_self_decision"],
+                         **{f"seconds/{k}": v for k, v in built.seconds.items()}})
+        run.set_tags({"kdlens.kmeans_device": built.kmeans.device})
+        run.log_figure(cluster_size_figure(built.arrays["centroid_counts"]), "plots/cluster_sizes.png")
+        summary = {"dataset": data.card["name"], "kmeans_device": built.kmeans.device, "k": cfg.k,
+                   "final_inertia": built.info["final_inertia"], "empty_clusters": built.info["empty_clusters"],
+                   "code_perplexity": built.info["code_perplexity"],
+                   "subclass_self_decision": built.info["subclass_self_decision"],
+                   "locations": built.info["locations"], "seconds": built.seconds, "sha256": card["sha256"],
+                   "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": key}
+        write_json(METRICS / "supervision.json", summary)
+        run.log_artifact(SUPERVISION / CARD)
+        run.log_artifact(METRICS / "supervision.json")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,68 @@
+"""letKD through the real pipeline (tiny profile, temporary git repo; helpers from test_pipeline.py).
+
+`dvc exp run -S method=letkd2` runs `build_supervision` once (one MLflow run, with its inertia history,
+cluster-size plot and device); a second letKD experiment and a non-letKD one reuse it and re-run only
+`distill` and `report`. The distilled student's model.pt carries the KD layers it was evaluated with.
+"""
+import json
+
+import torch
+import yaml
+
+from test_pipeline import _run, _runs, repo  # noqa: F401  (repo: the module-scoped tiny project fixture)
+
+
+def _stage_runs(repo, stage):
+    return [r for r in _runs(repo)[1] if r.data.tags["kdlens.stage"] == stage]
+
+
+def _layer_count(c, k):
+    """One KD layer by hand: 2·K·C kernel weights, 2K BN affine, 2 scales, 2K+1 BN buffers."""
+    return 2 * k * c + 2 * k + 2 + 2 * k + 1
+
+
+def test_letkd2_builds_supervision_once_and_other_experiments_reuse_it(repo):
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    sup_params = p["supervision"]
+    _run(repo, "dvc", "exp", "run", "-S", "method=letkd2", "-n", "letkd2-run")
+
+    client, _ = _runs(repo)
+    (sup_run,) = _stage_runs(repo, "build_supervision")
+    summary = json.loads((repo / "metrics/supervision.json").read_text())
+    assert summary["mlflow_run_id"] == sup_run.info.run_id
+    assert summary["kmeans_device"] == "faiss-cpu" == sup_run.data.tags["kdlens.kmeans_device"]
+    assert sup_run.data.params["supervision.k"] == str(sup_params["k"])
+    inertia = [m.value for m in client.get_metric_history(sup_run.info.run_id, "kmeans/inertia")]
+    assert 2 <= len(inertia) <= sup_params["iterations"]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(inertia, inertia[1:])), inertia  # Lloyd never goes up
+    assert "plots/cluster_sizes.png" in [a.path for a in client.list_artifacts(sup_run.info.run_id, "plots")]
+    assert "seconds/total" in sup_run.data.metrics
+
+    card = json.loads((repo / "data/supervision/card.json").read_text())
+    k, n_sub = sup_params["k"], card["num_classes"] * sup_params["subclasses"]
+    assert card["arrays"]["centroids"]["shape"] == [k, 64]  # resnet8 teacher: 64-channel last stage
+    assert card["arrays"]["decision"]["shape"] == [n_sub, n_sub]
+    assert card["penult_grid"] == [8, 8] and card["inter_grid"] == [16, 16]
+
+    student = json.loads((repo / "metrics/student.json").read_text())
+    assert student["method"] == "letkd2"
+    # student resnet8: last stage 64 channels (K = k), stage -2 32 channels (K = classes x sub-classes)
+    assert student["params_method_extra"] == _layer_count(64, k) + _layer_count(32, n_sub)
+    saved = torch.load(repo / "data/student/model.pt", weights_only=True)
+    assert {"penult.predictor.weight", "inter.value.weight"} <= set(saved["method"])
+    (distill,) = [r for r in _stage_runs(repo, "distill") if r.data.tags["kdlens.method"] == "letkd2"]
+    for key in ("train/ce", "train/penult", "train/inter", "gradnorm/penult", "gradnorm/inter"):
+        assert key in distill.data.metrics, key
+    assert distill.data.metrics["gradnorm/penult"] > 0 and distill.data.metrics["gradnorm/inter"] > 0
+    assert distill.data.params["input.supervision_sha256"] == card["sha256"][:12]
+
+    for method in ("letkd1", "ce"):
+        before = {r.info.run_id for r in _runs(repo)[1]}
+        _run(repo, "dvc", "exp", "run", "-S", f"method={method}", "-n", f"{method}-run")
+        new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
+        assert sorted(r.data.tags["kdlens.stage"] for r in new) == ["distill", "estimate_sigma@student",
+                                                                  "report"], method
+        assert json.loads((repo / "metrics/student.json").read_text())["method"] == method
+    assert len(_stage_runs(repo, "build_supervision")) == 1
+    extra = json.loads((repo / "metrics/student.json").read_text())["params_method_extra"]
+    assert extra == 0  # ce: nothing added to the student
