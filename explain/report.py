@@ -53,3 +53,149 @@ def markdown(report: dict, tracking_uri: str, experiment_id: str | None) -> str:
               f"MLflow: `{tracking_uri}`" + (f", experiment id {experiment_id}" if experiment_id else "") +
               " — open it with `make ui`.", ""]
     return "\n".join(lines)
+
+
+# --- knowledge metrics (issue 5; explain/knowledge.py, spec §2-§3) ---------------------------------
+
+KNOWLEDGE_ROLES = ("baseline", "student")
+
+
+def analysed_layer(model, tap: str, index: int) -> str:
+    """The weight name (as in ``WeightDistance(model).names``) of the conv feeding the sigma tap: the last
+    non-shortcut conv of ``stages[index]`` for the stages/preact/pooled taps, the stem's last conv for
+    ``stem``, the classifier for ``logits``."""
+    from engine.weight_distance import WeightDistance
+
+    names = WeightDistance(model).names
+    if tap == "logits":
+        prefix = "classifier."
+    elif tap == "stem":
+        prefix = "stem."
+    else:
+        n = len(model.stages) if hasattr(model, "stages") else 1
+        idx = (-1 if tap == "pooled" else index) % n
+        prefix = f"stages.{idx}."
+    hits = [nm for nm in names if nm.startswith(prefix) and "shortcut" not in nm and "downsample" not in nm]
+    if not hits:
+        raise ValueError(f"no conv/linear weight under {prefix!r}; recorded: {', '.join(names)}")
+    return hits[-1]
+
+
+def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, card: dict, layer: str,
+              sigma_cfg, knowledge_cfg, accuracy: dict[str, float]) -> dict:
+    """The ``knowledge`` entry of metrics/report.json: per model accuracy next to N_fg, N_bg, lambda, D_mean,
+    D_std, rho, the hypotheses for the distilled student vs the baseline, and how the masks were made.
+
+    ``sigma[role]``: the arrays of data/sigma/<role>/sigma.npz; ``masks``: uint8 [N, H, W] test masks of
+    the analysed images, or None (then the centre-box prior).
+    """
+    import numpy as np
+
+    from explain.knowledge import center_box, compare, downsample_masks, wd_at_epochs
+
+    base, stud = sigma["baseline"], sigma["student"]
+    if not np.array_equal(base["image_ids"], stud["image_ids"]) or not np.array_equal(base["epochs"], stud["epochs"]):
+        raise ValueError("baseline and student sigma maps differ in images or checkpoint epochs; re-run estimate_sigma")
+    epochs = [int(e) for e in stud["epochs"]]
+    grid = stud["entropy"].shape[-1]
+    if masks is not None:
+        fg = downsample_masks(masks, grid, sigma_cfg.mask_mode)
+        mask_source = (f"exact {card['name']} masks downsampled to {grid}x{grid} (mode `{sigma_cfg.mask_mode}`"
+                       + (": a cell is foreground if any of its pixels is" if sigma_cfg.mask_mode == "any" else "")
+                       + ")")
+    else:
+        fg = center_box(grid, knowledge_cfg.center_box_frac)
+        mask_source = (f"centre-box prior (no masks in {card['name']}): rows/cols "
+                       f"floor(G*{knowledge_cfg.center_box_frac:.4f})..floor(G*(1-{knowledge_cfg.center_box_frac:.4f}))")
+    kp = knowledge_cfg.library()
+    runs = {"distilled": {"entropy": stud["entropy"], "wd": wd_at_epochs(weight_distance["student"], layer, epochs)},
+            "baseline": {"entropy": base["entropy"], "wd": wd_at_epochs(weight_distance["baseline"], layer, epochs)}}
+    res = compare(runs["distilled"], runs["baseline"], fg, epochs, kp)
+    keys = ("N_fg", "N_bg", "lambda_ratio", "D_mean", "D_std", "D_var", "rho", "rho_bg", "rho_all", "slope",
+            "D_mean_bg", "D_std_bg", "n_images", "peak_epoch")
+    models_out = {}
+    for role, run in (("baseline", "baseline"), ("student", "distilled")):
+        r = res[run]
+        models_out[role] = {"test_top1": accuracy[role], **{k: r[k] for k in keys},
+                            "series": {"epochs": epochs, **r["series"]}}
+    fg_n = np.broadcast_to(fg, (len(stud["image_ids"]), grid, grid)).sum(axis=(1, 2))
+    return {
+        "models": models_out,
+        "hypotheses": res["hypotheses"],
+        "selection": res["selection"],
+        "layer": {"tap": f"{sigma_cfg.tap}[{sigma_cfg.index}]", "weight": layer},
+        "masks": {"source": mask_source, "foreground_cells_mean": float(fg_n.mean()), "grid": grid},
+        "epochs": epochs,
+        "image_ids": [int(i) for i in stud["image_ids"]],
+        "params": knowledge_cfg.model_dump(),
+        **({"unfiltered": {r: {k: res["unfiltered"][r][k] for k in keys[:9]} for r in ("distilled", "baseline")}}
+           if "unfiltered" in res else {}),
+    }
+
+
+def _f(v, fmt=".3f"):
+    import math
+
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def knowledge_markdown(k: dict, method: str) -> str:
+    """The readable knowledge section of reports/report.md."""
+    m = k["models"]
+    lines = [
+        "## What the students learned (knowledge metrics)",
+        "",
+        f"Cheng et al., *Explaining Knowledge Distillation by Quantifying the Knowledge* (CVPR 2020). Layer: "
+        f"`{k['layer']['tap']}` (weight distance of `{k['layer']['weight']}`); checkpoints at epochs "
+        f"{k['epochs']}; {m['student']['n_images']} images compared (same images, same noise for both models). "
+        f"Foreground: {k['masks']['source']}, {k['masks']['foreground_cells_mean']:.1f} of "
+        f"{k['masks']['grid'] ** 2} cells on average.",
+        "",
+        "| model | test top-1 | N_fg | N_bg | λ | D_mean | D_std | ρ |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for role, title in (("baseline", "baseline student (CE only)"), ("student", f"distilled student (`{method}`)")):
+        r = m[role]
+        lines.append(f"| {title} | {_f(r['test_top1'], '.2f')} | {_f(r['N_fg'], '.2f')} | {_f(r['N_bg'], '.2f')} | "
+                     f"{_f(r['lambda_ratio'])} | {_f(r['D_mean'])} | {_f(r['D_std'])} | {_f(r['rho'])} |")
+    lines += ["", f"Hypotheses, `{method}` against the baseline (strict inequalities; n/a never holds):", ""]
+    for key, h in k["hypotheses"].items():
+        checks = ", ".join(f"{c['metric']} {c['expect']} ({_f(c['distilled'])} vs {_f(c['baseline'])})"
+                           for c in h["checks"])
+        lines.append(f"- **{key}** ({h['claim']}): **{'holds' if h['holds'] else 'does not hold'}** — {checks}")
+    lines += [
+        "",
+        "Definitions (spec §2–§3):",
+        "",
+        "- Cell entropy H_i = ln σ_i + ½ ln(2πe) on the σ grid, with σ the per-cell input noise learned at the "
+        "same entropy budget for every map (`estimate_sigma`).",
+        "- Background baseline H̄_bg: per checkpoint, the mean over the analysed images of each image's mean "
+        "background-cell entropy (one constant per checkpoint and per model run, as the upstream code).",
+        "- A cell is a visual concept when H̄_bg − H_i > b (b = "
+        f"{k['params']['b']}). N_fg / N_bg: concept cells in the foreground / background, mean over images, "
+        "at the final checkpoint.",
+        "- λ = E_x[N_fg / (N_fg + N_bg)]; an image with no concept contributes "
+        f"{'0 (upstream)' if k['params']['empty'] == 'zero' else 'nothing (excluded)'}.",
+        "- D(x) = WD(m̂(x)), m̂(x) = the first checkpoint where N_fg(x) peaks, WD = the analysed layer's "
+        "cumulative per-iteration weight path Σ‖W(t+1) − W(t)‖_F / ‖W(0)‖_F. D_mean = E_x[D(x)]; "
+        "D_std = population standard deviation of D(x).",
+        "- ρ = E_x[|S_final(x)| / |∪_k S_k(x)|], S_k = foreground concept cells at checkpoint k (empty union → "
+        f"{'0' if k['params']['empty'] == 'zero' else 'excluded'}).",
+        "",
+        "Where kdlens differs from the upstream code: D_std is the standard deviation (upstream reports the "
+        "variance under the name \"fore max var\"; `D_var` is in metrics/report.json); with `skip_first` the "
+        "peak index keeps its offset (upstream's points one checkpoint early); σ histories are copies (upstream "
+        "aliased them); the effective-sample filter is "
+        f"{'on' if k['params']['effect_filter'] else 'off'} and every image with maps is kept (upstream keeps "
+        "the first 50 passing); the grid is 8×8 for 32×32 inputs (upstream 16×16 at 224); the weight "
+        "distance covers the whole training of each student. One seed and few images: read the directions, "
+        "not the decimals.",
+        "",
+        "![concepts over training](concepts.png)",
+        "",
+        "![σ maps, baseline](sigma_baseline.png)",
+        "",
+        "![σ maps, distilled](sigma_student.png)",
+        "",
+    ]
+    return "\n".join(lines)

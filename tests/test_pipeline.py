@@ -1,8 +1,8 @@
 """The whole pipeline, for real: `dvc repro` on a tiny profile in a temporary git repo.
 
 Checks the outputs, the MLflow runs (one per executed stage, with tags, run ids echoed in the metrics
-JSON), that a second `dvc repro` does nothing, that `dvc exp run -S method=ce` re-runs only `distill`
-and `report`, and that bad params stop a stage before any work with one line.
+JSON), that a second `dvc repro` does nothing, that `dvc exp run -S method=ce` re-runs only `distill`,
+`estimate_sigma@student` and `report`, and that bad params stop a stage before any work with one line.
 """
 import json
 import os
@@ -61,7 +61,8 @@ def _runs(repo):
     return client, (client.search_runs([exp.experiment_id]) if exp else [])
 
 
-STAGES = ["prepare_data", "train_teacher", "train_baseline", "build_supervision", "distill", "report"]
+STAGES = ["prepare_data", "train_teacher", "train_baseline", "build_supervision", "distill",
+          "estimate_sigma@baseline", "estimate_sigma@student", "report"]
 
 
 def test_repro_runs_every_stage_and_tracks_it(repo):
@@ -93,6 +94,27 @@ def test_repro_runs_every_stage_and_tracks_it(repo):
     assert "plots/training_curves.png" in [a.path for a in client.list_artifacts(distill.info.run_id, "plots")]
     md = (repo / "reports/report.md").read_text()
     assert distill.info.run_id in md and "distilled student" in md
+    # issue 5: sigma maps of both students at both kept checkpoints, knowledge metrics in the report
+    import numpy as np
+
+    for role in ("baseline", "student"):
+        with np.load(repo / f"data/sigma/{role}/sigma.npz") as z:
+            assert z["entropy"].shape == z["sigma"].shape == (4, 2, 8, 8)
+            assert z["epochs"].tolist() == [0, 2] and len(z["image_ids"]) == 4
+        sig = json.loads((repo / f"metrics/sigma_{role}.json").read_text())
+        assert sig["mlflow_run_id"] == by_stage[f"estimate_sigma@{role}"].info.run_id
+        assert any(a.path.startswith("plots/sigma_") for a in
+                   client.list_artifacts(by_stage[f"estimate_sigma@{role}"].info.run_id, "plots"))
+    k = report["knowledge"]
+    for role in ("baseline", "student"):
+        for key in ("test_top1", "N_fg", "N_bg", "lambda_ratio", "D_mean", "D_std", "rho"):
+            assert key in k["models"][role], (role, key)
+    assert sorted(k["hypotheses"]) == ["H1", "H2", "H3"]
+    assert all(isinstance(h["holds"], bool) for h in k["hypotheses"].values())
+    assert k["layer"]["weight"].endswith(".weight") and "exact scenes masks" in k["masks"]["source"]
+    assert "## What the students learned" in md and k["layer"]["weight"] in md
+    for f in ("concepts.png", "sigma_baseline.png", "sigma_student.png"):
+        assert (repo / "reports" / f).is_file(), f
 
 
 def test_second_repro_does_nothing(repo):
@@ -108,7 +130,7 @@ def test_exp_run_other_method_reruns_only_distill_and_report(repo):
     before = {r.info.run_id for r in _runs(repo)[1]}
     _run(repo, "dvc", "exp", "run", "-S", "method=ce", "-n", "ce-run")
     new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
-    assert sorted(r.data.tags["kdlens.stage"] for r in new) == ["distill", "report"]
+    assert sorted(r.data.tags["kdlens.stage"] for r in new) == ["distill", "estimate_sigma@student", "report"]
     assert all(r.data.tags["dvc.exp_name"] == "ce-run" for r in new)
     assert json.loads((repo / "metrics/report.json").read_text())["method"] == "ce"
     shown = json.loads(_run(repo, "dvc", "exp", "show", "--json").stdout)
@@ -153,8 +175,14 @@ def test_killed_stage_resumes_where_it_stopped(repo):
     assert "resuming from" in out.stdout + out.stderr
     assert summary["kept_epochs"] == [0, 40]  # the epoch-0 copy made before the kill survived
     assert not list((repo / ".dvc/tmp/kdlens").glob("train_baseline-*")), "work dir removed after success"
-    _run(repo, "git", "checkout", "params.yaml")
-    _run(repo, "dvc", "repro")  # back to the committed state (restored from the run cache)
+    _restore_committed_state(repo)
+
+
+def _restore_committed_state(repo):
+    # HEAD, not the index: DVC's autostage has staged the dvc.lock of whatever ran last.
+    _run(repo, "git", "reset", "-q", "--hard")
+    _run(repo, "dvc", "checkout", "--force")
+    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
 def _free_port():
@@ -209,9 +237,7 @@ SWEEP = ("at", "dkd")  # methods no earlier test ran, so both experiments execut
 
 
 def test_unselected_method_params_rerun_nothing(repo):
-    _run(repo, "git", "checkout", "--", ".")
-    _run(repo, "dvc", "checkout", "--force")
-    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    _restore_committed_state(repo)
     p = yaml.safe_load((repo / "params.yaml").read_text())
     assert p["method"] == "kd"
     p["methods"]["dkd"]["beta"] = 2.0
@@ -284,9 +310,9 @@ def test_mlflow_ui_shows_the_methods_side_by_side(repo):
             for method in SWEEP:
                 run = distills[method]
                 page.goto(f"{base}/#/experiments/{exp_id}/runs/{run.info.run_id}", wait_until="domcontentloaded")
-                expect(page.get_by_text("final/test_top1").first).to_be_visible(timeout=30000)
-                shown = f"{run.data.metrics['final/test_top1']:.2f}"[:4]  # the UI rounds; its leading digits
-                expect(page.get_by_text(shown).first).to_be_visible(timeout=10000)
+                row = page.get_by_role("row").filter(has_text="final/test_top1").first
+                expect(row).to_be_visible(timeout=30000)
+                expect(row).to_contain_text(repr(run.data.metrics["final/test_top1"])[:5])  # its test accuracy
             browser.close()
     finally:
         server.terminate()
