@@ -28,7 +28,6 @@ No MLflow here: the stage logs what ``build_supervision`` returns.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from tqdm import tqdm
 
 from .datasets.store import Prepared, Split
 from .errors import KdlensError
+from .files import sha256_file, write_npz
 from .loader import Loader
 
 NPZ = "supervision.npz"
@@ -319,20 +319,6 @@ def from_features(penult: np.ndarray, inter: np.ndarray, image_labels: np.ndarra
 
 
 # ----------------------------------------------------------------------------------------------- files
-def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """An .npz that ``np.load`` reads, with deterministic bytes (sorted members, fixed timestamps)."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
-        for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_supervision(out_dir: str | Path, arrays: dict[str, np.ndarray], info: dict) -> dict:
     """Write ``supervision.npz`` and ``card.json`` into ``out_dir`` atomically; returns the card."""
     missing = sorted(set(ARRAYS) - set(arrays))
@@ -343,7 +329,7 @@ def save_supervision(out_dir: str | Path, arrays: dict[str, np.ndarray], info: d
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_npz(tmp / NPZ, arrays)
-    card = {**info, "file": NPZ, "sha256": _sha256(tmp / NPZ),
+    card = {**info, "file": NPZ, "sha256": sha256_file(tmp / NPZ),
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())}}
     (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     if out_dir.exists():
@@ -368,7 +354,7 @@ def load_supervision(sup_dir: str | Path) -> dict:
         raise KdlensError(f"{card_path}: not a kdlens supervision card (format {FORMAT}); {fix}")
     if not npz_path.is_file():
         raise KdlensError(f"{npz_path}: missing; {fix}")
-    if _sha256(npz_path) != card.get("sha256"):
+    if sha256_file(npz_path) != card.get("sha256"):
         raise KdlensError(f"{npz_path}: checksum does not match {card_path.name} (corrupt or replaced); {fix}")
     try:
         with np.load(npz_path, allow_pickle=False) as npz:

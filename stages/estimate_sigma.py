@@ -8,11 +8,8 @@ bytes) and ``metrics/sigma_<role>.json``; logs a few sigma heat maps to MLflow.
 """
 from __future__ import annotations
 
-import io
-import os
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +20,7 @@ from engine import checkpoint
 from engine.datasets.store import load_prepared
 from engine.device import device
 from engine.errors import KdlensError
-from engine.files import sha256_file, write_json
+from engine.files import sha256_file, write_json, write_npz
 from engine.jobs import load_model
 from engine.params import flatten, load_params, params_hash
 from engine.stage import run_stage
@@ -55,18 +52,6 @@ def select_images(split, n: int) -> np.ndarray:
     else:
         ids = np.flatnonzero(split.masks.reshape(len(split.masks), -1).any(axis=1))
     return ids[:n]
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez`` with fixed zip timestamps (same inputs -> same bytes), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            zf.writestr(zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -114,7 +99,7 @@ def main() -> None:
         out = {**stack, "epochs": np.asarray(epochs, dtype=np.int64), "image_ids": ids.astype(np.int64),
                "target": np.asarray(results[0].target, dtype=np.float64)}
         out_path = sigma_dir(role) / "sigma.npz"
-        save_npz(out_path, out)
+        write_npz(out_path, out)
         per_ckpt = {int(e): summary(r) for e, r in zip(epochs, results)}
         eff = stack["effective"]
         steps = stack["selected_step"][eff]

@@ -9,6 +9,7 @@ import models
 from engine import supervision as sup
 from engine.datasets.store import Prepared, Split
 from engine.errors import KdlensError
+from engine.files import sha256_file
 from engine.params import SupervisionParams
 
 
@@ -127,7 +128,7 @@ def test_build_save_load_roundtrip_and_one_line_errors(tmp_path):
     (tmp_path / "s" / sup.NPZ).write_bytes(first[:100])
     one_line(tmp_path / "s", f"{tmp_path / 's' / sup.NPZ}: checksum does not match")
     c = json.loads((tmp_path / "s" / sup.CARD).read_text())
-    (tmp_path / "s" / sup.CARD).write_text(json.dumps({**c, "sha256": sup._sha256(tmp_path / "s" / sup.NPZ)}))
+    (tmp_path / "s" / sup.CARD).write_text(json.dumps({**c, "sha256": sha256_file(tmp_path / "s" / sup.NPZ)}))
     one_line(tmp_path / "s", f"{tmp_path / 's' / sup.NPZ}: corrupt")
     (tmp_path / "s" / sup.CARD).write_text("{")
     one_line(tmp_path / "s", f"{tmp_path / 's' / sup.CARD}: corrupt JSON")
