@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 UI_PORT ?= 5000
 
-.PHONY: install repro test ui bench
+.PHONY: install repro test ui
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,3 @@ test: install
 ui: install
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts
-
-bench: install
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -160,8 +160,8 @@ def knowledge_markdown(k: dict, method: str) -> str:
                      f"{_f(r['lambda_ratio'])} | {_f(r['D_mean'])} | {_f(r['D_std'])} | {_f(r['rho'])} |")
     lines += ["", f"Hypotheses, `{method}` against the baseline (strict inequalities; n/a never holds):", ""]
     for key, h in k["hypotheses"].items():
-        checks = ", ".join(f"{c['metric']} {c['expect']} ({_f(c['distilled'])} vs {_f(c['baseline'])})"
-                           for c in h["checks"])
+        checks = ", ".join(f"{c['metric']} {c['expect']}: {'yes' if c['ok'] else 'no'} "
+                           f"({_f(c['distilled'])} vs {_f(c['baseline'])})" for c in h["checks"])
         lines.append(f"- **{key}** ({h['claim']}): **{'holds' if h['holds'] else 'does not hold'}** — {checks}")
     lines += [
         "",
