@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.datasets import prepare  # noqa: E402
 from engine.datasets.store import load_prepared  # noqa: E402
-from engine.jobs import load_model, train_network  # noqa: E402
+from engine.device import device  # noqa: E402
+from engine.jobs import load_model, loaders, train_network  # noqa: E402
 from engine.params import load_params  # noqa: E402
+from engine.trainer import evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -42,7 +44,8 @@ def main() -> None:
         data = load_prepared(tmp / "data")
         if args.teacher:
             teacher = load_model(args.teacher)
-            teacher_top1 = float("nan")
+            _, test = loaders(data, p.teacher.train, p.teacher.seed, device())
+            teacher_top1 = evaluate(teacher, test)["top1"]
         else:
             teacher, _, res = train_network(p.teacher.arch, p.teacher.train, p.teacher.seed, "ce",
                                             p.method_params("ce"), data, tmp / "teacher", name="teacher")
