@@ -5,11 +5,22 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread in the test process: the tests' networks are tiny, and two threads on a shared
+    two-core machine are far slower for them. (Pipeline stages run in subprocesses, unaffected.)"""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_params() -> dict:

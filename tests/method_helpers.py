@@ -1,26 +1,15 @@
 """Set-up and gradient checks shared by the per-method tests (tests/test_method_<name>.py).
 
-Plain functions, plus one fixture (``one_thread``) that a test module activates by importing it.
+Plain functions (the one-thread fixture is in conftest.py, for every test module).
 What a test checks by hand (the numpy references, expected values, parameter-count formulas) stays in
 the test itself; only the plumbing around it lives here.
 """
 import math
 
-import pytest
 import torch
 
 import methods
 import models
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread for the importing module: two threads on a shared two-core machine are ~100x
-    slower for these tiny convolutions. (Autouse: ``from method_helpers import one_thread`` enables it.)"""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_pair(teacher: str, student: str, num_classes: int = 10, seed: int = 0):

@@ -3,7 +3,6 @@ import numpy as np
 import torch
 
 from method_helpers import assert_no_extra_parameters, assert_terms_send_gradient, make_method, make_pair, random_batch
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.dkd import dkd_loss
 
 

@@ -8,7 +8,6 @@ from torch import nn
 import methods
 from method_helpers import (assert_each_gets_gradient, assert_terms_send_gradient, grad_abs_sums, make_method,
                             make_pair, random_batch)
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.feat_mse import feat_mse_loss
 from models.base import Features
 

@@ -7,7 +7,6 @@ from torch import nn
 
 import methods
 from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, random_batch
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.common import conv_regressor
 from methods.fitnet import hint_loss
 

@@ -10,7 +10,6 @@ from engine.params import TrainParams
 from engine.trainer import fit
 from method_helpers import (assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, n_params,
                             random_batch, random_inputs)
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.ft import ft_loss
 
 

@@ -6,7 +6,6 @@ import torch
 
 import methods
 from method_helpers import assert_no_extra_parameters, assert_terms_send_gradient, make_method, make_pair, random_batch
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.kdsvd import kdsvd_loss, top_right_singular
 
 

@@ -8,7 +8,7 @@ import methods
 import models
 from engine import supervision as sup
 from engine.params import SupervisionParams
-from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, one_thread  # noqa: F401
+from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient
 from methods.letkd import CosConv, KDLayer, inter_targets, letkd_kl, penult_targets, unwire
 
 NUM_CLASSES, BATCH = 10, 4

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from method_helpers import assert_no_extra_parameters, assert_terms_send_gradient, make_method, make_pair, random_batch
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.nst import nst_loss, poly2_kernel_mean
 
 

@@ -8,7 +8,6 @@ import torch
 
 import methods
 from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, random_batch
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.ofd import ofd_loss, ofd_margin
 from models.base import Features
 

@@ -8,7 +8,6 @@ import torch
 import methods
 from method_helpers import (assert_no_extra_parameters, assert_step_updates_student, assert_terms_send_gradient,
                             make_method, make_pair, random_batch)
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.rkd import rkd_angle_loss, rkd_distance_loss
 
 

@@ -5,7 +5,6 @@ import torch
 import methods
 from method_helpers import (assert_no_extra_parameters, assert_step_updates_student, assert_terms_send_gradient,
                             make_method, make_pair, random_batch)
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.sp import sp_loss
 
 

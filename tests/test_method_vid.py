@@ -8,7 +8,6 @@ import torch
 
 import methods
 from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, random_batch
-from method_helpers import one_thread  # noqa: F401  (autouse fixture)
 from methods.vid import vid_loss
 
 

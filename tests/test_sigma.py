@@ -14,13 +14,6 @@ G = 4  # 16x16 inputs on a 4x4 grid: 4x4-pixel cells, as 32x32 on 8x8
 PARAMS = S.SigmaParams(grid=G, lr=2.5e-5 * G * G / 64, noise_batch=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class LeftHalfNet(nn.Module):
     """A conv feature of the LEFT half of the image only: the right half is ignored."""

@@ -9,13 +9,6 @@ from torch import nn
 from engine.weight_distance import WeightDistance, layer_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Net(nn.Module):
     def __init__(self):
