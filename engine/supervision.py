@@ -29,8 +29,6 @@ No MLflow here: the stage logs what ``build_supervision`` returns.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -43,7 +41,7 @@ from tqdm import tqdm
 
 from .datasets.store import Prepared, Split
 from .errors import KdlensError
-from .files import sha256_file, write_npz
+from .files import atomic_dir, sha256_file, write_json, write_npz
 from .loader import Loader
 
 NPZ = "supervision.npz"
@@ -324,17 +322,11 @@ def save_supervision(out_dir: str | Path, arrays: dict[str, np.ndarray], info: d
     missing = sorted(set(ARRAYS) - set(arrays))
     if missing:
         raise ValueError(f"supervision arrays missing: {missing}")
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_npz(tmp / NPZ, arrays)
-    card = {**info, "file": NPZ, "sha256": sha256_file(tmp / NPZ),
-            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())}}
-    (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        write_npz(tmp / NPZ, arrays)
+        card = {**info, "file": NPZ, "sha256": sha256_file(tmp / NPZ),
+                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in sorted(arrays.items())}}
+        write_json(tmp / CARD, card)
     return card
 
 

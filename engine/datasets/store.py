@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import KdlensError
+from ..files import atomic_dir, write_json
 
 SPLITS = ("train", "test")
 
@@ -60,41 +59,35 @@ def _arrays(split: Split) -> dict[str, np.ndarray]:
 
 def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[str], info: dict) -> dict:
     """Write both splits and the card into ``out_dir`` atomically (a temp dir renamed at the end)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    digest = hashlib.sha256()
-    files = {}
-    for split_name, split in zip(SPLITS, (train, test)):
-        for key, arr in _arrays(split).items():
-            fname = f"{split_name}_{key}.npy"
-            np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
-            digest.update((tmp / fname).read_bytes())
-            files[fname] = list(arr.shape)
-    x = train.images.astype(np.float64) / 255.0
-    card = {
-        "classes": list(classes),
-        "num_classes": len(classes),
-        "image_shape": list(train.images.shape[1:]),
-        "counts": {
-            "train": int(len(train.labels)),
-            "test": int(len(test.labels)),
-            "train_per_class": np.bincount(train.labels, minlength=len(classes)).tolist(),
-            "test_per_class": np.bincount(test.labels, minlength=len(classes)).tolist(),
-        },
-        "has_masks": train.masks is not None and test.masks is not None,
-        # Normalisation statistics come from the training split only.
-        "mean": [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))],
-        "std": [round(float(v), 6) for v in x.std(axis=(0, 2, 3))],
-        "files": files,
-        "sha256": digest.hexdigest(),
-        **info,
-    }
-    (tmp / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        digest = hashlib.sha256()
+        files = {}
+        for split_name, split in zip(SPLITS, (train, test)):
+            for key, arr in _arrays(split).items():
+                fname = f"{split_name}_{key}.npy"
+                np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
+                digest.update((tmp / fname).read_bytes())
+                files[fname] = list(arr.shape)
+        x = train.images.astype(np.float64) / 255.0
+        card = {
+            "classes": list(classes),
+            "num_classes": len(classes),
+            "image_shape": list(train.images.shape[1:]),
+            "counts": {
+                "train": int(len(train.labels)),
+                "test": int(len(test.labels)),
+                "train_per_class": np.bincount(train.labels, minlength=len(classes)).tolist(),
+                "test_per_class": np.bincount(test.labels, minlength=len(classes)).tolist(),
+            },
+            "has_masks": train.masks is not None and test.masks is not None,
+            # Normalisation statistics come from the training split only.
+            "mean": [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))],
+            "std": [round(float(v), 6) for v in x.std(axis=(0, 2, 3))],
+            "files": files,
+            "sha256": digest.hexdigest(),
+            **info,
+        }
+        write_json(tmp / "card.json", card)
     return card
 
 
