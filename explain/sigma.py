@@ -149,7 +149,7 @@ def model_feature_fn(model: torch.nn.Module, tap: str = "stages", index: int = -
             x = x.contiguous(memory_format=torch.channels_last)
         if tap == "logits":
             return model(x)[0]
-        feats = model.extract(x)
+        feats = model(x)[1]  # the full forward: hooks on the model (letKD, VAM) and LTB routing apply
         value = getattr(feats, tap)
         return value[index] if isinstance(value, list) else value
 

@@ -79,6 +79,9 @@ class Method(nn.Module):
     # The method's own modules are part of the student at test time (letKD's KD layers): the distill
     # stage stores their state in model.pt under "method" next to the student's.
     part_of_student: ClassVar[bool] = False
+    # Reads intermediate features (Features.stages/preact/pooled, a classifier's weights), not only
+    # logits. A student that exposes none a method could match (the LTB tree) refuses such a method.
+    uses_features: ClassVar[bool] = True
 
     def __init__(self, params: MethodParams, ctx: MethodContext):
         super().__init__()
@@ -87,6 +90,10 @@ class Method(nn.Module):
         if self.needs_supervision and ctx.supervision is None:
             raise MethodNotApplicable(f"method {self.name!r} needs the teacher-derived supervision "
                                       "(stage build_supervision)")
+        if self.uses_features and not getattr(ctx.student, "exposes_features", True):
+            raise MethodNotApplicable(f"method {self.name!r} matches intermediate features, which "
+                                      f"{type(ctx.student).__name__} does not expose; use a logit-only "
+                                      "method (ce, ls, kd, dkd)")
         self.params = params
         self.ctx = ctx
 

@@ -16,6 +16,7 @@ class CE(Method):
     name = "ce"
     Params = CEParams
     needs_teacher = False
+    uses_features = False
 
     def losses(self, student, teacher, targets, index, epoch):
         return {"ce": cross_entropy_term(student[0], targets, self.params.ce_weight)}

@@ -82,6 +82,7 @@ class DKDParams(MethodParams):
 class DKD(Method):
     name = "dkd"
     Params = DKDParams
+    uses_features = False
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params

@@ -33,6 +33,7 @@ class KDParams(MethodParams):
 class KD(Method):
     name = "kd"
     Params = KDParams
+    uses_features = False
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params

@@ -35,9 +35,10 @@ trainer's evaluation — ``student(x)`` — is the full letKD network and accura
   ``(classifier(GAP(x̂)), Features with stages[-1] = x̂)``: by the zoo's contract logits =
   classifier(GAP(stages[-1])) for every family, so this needs no knowledge of any family;
 * intermediate: the submodule whose output *is* ``Features.stages[inter_stage]`` is found once by
-  tensor identity on a dummy forward, and its output is passed through the layer (a torch forward hook,
-  or, for the zoo's ``forward_pre`` blocks that their parents call directly so torch hooks never fire, an
-  instance-level wrapper of ``forward_pre``). The pre-activation tap of that stage is left unchanged.
+  tensor identity on a dummy forward, and its output is passed through the layer (models/taps.py: a torch
+  forward hook, or, for the zoo's ``forward_pre`` blocks that their parents call directly so torch hooks
+  never fire, an instance-level wrapper of ``forward_pre``). The pre-activation tap of that stage is left
+  unchanged.
 
 The layers follow the student's train/eval mode at every call (the trainer puts only the student in eval
 mode), and a student carries at most one letKD wiring (building another method on it replaces it;
@@ -64,11 +65,10 @@ from pydantic import Field
 from torch import nn
 
 from models.base import Features, feature_shapes
+from models.taps import stage_producer, wrap_output
 
 from .base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
 from .common import full_precision, pool_to
-
-PROTOCOL = "forward_pre"  # models.blocks: blocks their parents call directly (no torch hooks fire)
 
 
 # ------------------------------------------------------------------------------------------ the layer
@@ -143,64 +143,6 @@ def inter_targets(f_t: torch.Tensor, labels: torch.Tensor, scalings: torch.Tenso
 
 
 # ------------------------------------------------------------------------------- wiring into a student
-def _note_outputs(model: nn.Module, x: torch.Tensor):
-    """One eval-mode forward of ``model``; returns (Features, {id(tensor): (outermost submodule, tensor)})."""
-    seen: dict[int, tuple[nn.Module, torch.Tensor]] = {}
-
-    def note(module, out):
-        t = out[0] if isinstance(out, tuple) else out
-        if isinstance(t, torch.Tensor):
-            seen[id(t)] = (module, t)  # an enclosing module returning the same tensor overwrites its child
-
-    handles, wrapped = [], []
-    for m in model.modules():
-        if m is model:
-            continue
-        if hasattr(type(m), PROTOCOL):
-            def forward_pre(*a, _orig=getattr(m, PROTOCOL), _m=m, **k):
-                out = _orig(*a, **k)
-                note(_m, out)
-                return out
-            setattr(m, PROTOCOL, forward_pre)
-            wrapped.append(m)
-        else:
-            handles.append(m.register_forward_hook(lambda mod, inp, out: note(mod, out)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _, feats = model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-        for m in wrapped:
-            m.__dict__.pop(PROTOCOL, None)
-    return feats, seen
-
-
-def stage_producer(model: nn.Module, index: int, input_size: int) -> nn.Module | None:
-    """The submodule whose output tensor *is* ``Features.stages[index]`` (None if computed inline)."""
-    x = torch.zeros(2, 3, input_size, input_size, device=next(model.parameters()).device)
-    feats, seen = _note_outputs(model, x)
-    found = seen.get(id(feats.stages[index]))
-    return found[0] if found is not None and found[1] is feats.stages[index] else None
-
-
-def wrap_output(module: nn.Module, fn) -> callable:
-    """Pass ``module``'s output map through ``fn(map) -> map``; returns the function that undoes it."""
-    if hasattr(type(module), PROTOCOL):
-        orig = getattr(module, PROTOCOL)
-
-        def forward_pre(*a, **k):
-            out, pre = orig(*a, **k)
-            return fn(out), pre
-
-        setattr(module, PROTOCOL, forward_pre)
-        return lambda: module.__dict__.pop(PROTOCOL, None)
-    return module.register_forward_hook(lambda m, inp, out: fn(out)).remove
-
-
 def unwire(student: nn.Module) -> None:
     """Remove a letKD wiring from ``student`` (no-op if there is none)."""
     for undo in student.__dict__.pop("_letkd_undo", []):

@@ -118,7 +118,8 @@ def test_ii_as_coded_loss_is_constant_in_the_student(pair):
     assert terms["cam"].item() > 0
 
 
-@pytest.mark.parametrize("name", models.names())
+# The LTB tree students have per-class heads, no classifier Linear: CAM methods refuse them.
+@pytest.mark.parametrize("name", [n for n in models.names() if not n.startswith("ltb")])
 def test_iii_pre_relu_cam_reproduces_the_logits(name):
     torch.manual_seed(0)
     net = models.create(name, 10)  # train mode: batch statistics keep deep random nets' logits O(1)
