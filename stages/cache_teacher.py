@@ -1,0 +1,49 @@
+"""Stage ``cache_teacher``: the teacher's logits for every training view of the students, once per sweep.
+
+Keyed (through DVC) by the teacher, the data, the students' seed and the view-defining training params
+(epochs, batch size, augmentation); every ``dvc exp run -S method=...`` reuses it. Only the methods that
+read nothing but the teacher's logits use it; the others run the (BN-folded) teacher live.
+"""
+import methods
+from engine.datasets.store import load_prepared
+from engine.device import device
+from engine.files import atomic_dir, sha256_file, write_json
+from engine.jobs import load_model, loaders, reads_teacher_logits_only
+from engine.params import flatten, load_params, params_hash
+from engine.stage import run_stage
+from engine.teacher import CARD, build_cache, frozen_teacher
+from engine.tracking import StageRun
+
+from .paths import DATA, METRICS, PARAMS, TEACHER_CACHE, role_dir
+
+
+def main() -> None:
+    p = load_params(PARAMS)
+    cfg, train = p.teacher_cache, p.student.train
+    dev = device()
+    data = load_prepared(DATA)
+    teacher_path = role_dir("teacher") / "model.pt"
+    inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
+    views = {"seed": p.seed, "epochs": train.epochs, "batch_size": train.batch_size, "augment": train.augment}
+    users = [m for m in methods.names() if reads_teacher_logits_only(m)]
+    logged = {**flatten({"teacher_cache": cfg, "views": views}), **{f"input.{k}": v[:12] for k, v in inputs.items()}}
+    key = params_hash({"teacher_cache": cfg.model_dump(), "views": views, **inputs})
+    with StageRun("cache_teacher", data.card["name"], logged, key) as run, atomic_dir(TEACHER_CACHE) as out:
+        card = {"enabled": False}
+        if cfg.enabled:
+            teacher = frozen_teacher(load_model(teacher_path, dev), data.train.images.shape[-1])
+            loader = loaders(data, train, p.seed, dev)[0]
+            card = build_cache(teacher, loader, train.epochs, out, cfg.dtype, cfg.top_k, inputs)
+        else:
+            write_json(out / CARD, card)
+        summary = {**{k: card.get(k) for k in ("bytes", "seconds", "dtype", "top_k")}, "enabled": cfg.enabled, "methods": users, "mlflow_run_id": run.run_id, "params_hash": key}
+        write_json(METRICS / "teacher_cache.json", summary)
+        if cfg.enabled:
+            run.log_metrics({"cache/bytes": card["bytes"], "cache/seconds": card["seconds"]})
+        run.set_tags({"kdlens.cache_users": ",".join(users)})
+        print(f"teacher cache: {summary['bytes'] or 0:,} bytes for {', '.join(users)} "
+              f"({'on' if cfg.enabled else 'off'})")
+
+
+if __name__ == "__main__":
+    run_stage(main)
