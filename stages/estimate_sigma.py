@@ -1,9 +1,9 @@
 """Stage ``estimate_sigma@<role>``: sigma/entropy maps of one network at every kept checkpoint.
 
 ``python -m stages.estimate_sigma baseline|student``. For each checkpoint ``data/<role>/checkpoints/
-epoch_XXX.pt`` the first ``sigma.n_images`` test images that have foreground (all test images when the
-dataset has no masks) get their sigma map (explain/sigma.py), with the same seed and image ids for every
-checkpoint and both models (common random numbers). Writes ``data/sigma/<role>/sigma.npz`` (deterministic
+epoch_XXX.pt`` ``sigma.n_images`` test images (those with a foreground mask first: ``select_images``) get
+their sigma map (explain/sigma.py), with the same seed and image ids for every checkpoint and both models
+(common random numbers). Writes ``data/sigma/<role>/sigma.npz`` (deterministic
 bytes) and ``metrics/sigma_<role>.json``; logs a few sigma heat maps to MLflow.
 """
 from __future__ import annotations
@@ -46,12 +46,11 @@ def checkpoints(role: str) -> list[tuple[int, Path]]:
 
 
 def select_images(split, n: int) -> np.ndarray:
-    """Indices of the first n test images with any foreground pixel (the first n without masks)."""
-    if split.masks is None:
-        ids = np.arange(len(split.labels))
-    else:
-        ids = np.flatnonzero(split.masks.reshape(len(split.masks), -1).any(axis=1))
-    return ids[:n]
+    """Sorted indices of n test images: first those whose mask has a foreground pixel, then (when too few)
+    those without a mask, whose foreground the report takes from the centre-box prior."""
+    masked = split.masked
+    with_fg = masked if split.masks is None else masked & split.masks.reshape(len(masked), -1).any(axis=1)
+    return np.sort(np.concatenate([np.flatnonzero(with_fg), np.flatnonzero(~masked)])[:n])
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from typing import Callable
 from ..errors import KdlensError
 from ..params import DataParams
 from .cifar import load_cifar
+from .folder import build_folder
 from .scenes import build_scenes
 from .store import Prepared, Split, load_prepared, save_prepared
 
@@ -20,6 +21,7 @@ BUILDERS: dict[str, Builder] = {
     "scenes": lambda p: build_scenes(p.scenes),
     "cifar10": lambda p: load_cifar("cifar10", p.root, p.download),
     "cifar100": lambda p: load_cifar("cifar100", p.root, p.download),
+    "folder": build_folder,
 }
 
 

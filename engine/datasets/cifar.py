@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KdlensError
+from ..errors import KdlensError, one_line
 from .store import Split
 
 ORIGIN = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -21,11 +21,6 @@ def _dataset_classes() -> dict:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     return {"cifar10": CIFAR10, "cifar100": CIFAR100}
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or "no message"
-    return f"{type(e).__name__}: {text}"
 
 
 def load_cifar(name: str, root: str, download: bool) -> tuple[Split, Split, list[str], dict]:
@@ -49,7 +44,7 @@ def load_cifar(name: str, root: str, download: bool) -> tuple[Split, Split, list
         if download:
             # A download can fail in many ways (no network, DNS, TLS, HTTP, a bad archive): all are one line.
             raise KdlensError(
-                f"data.root: downloading {pretty} into {path} failed ({_one_line(e)}); check the network, or "
+                f"data.root: downloading {pretty} into {path} failed ({one_line(e)}); check the network, or "
                 f"put {cls.base_folder}/ under {path} and set data.download: false"
             ) from None
         if not (isinstance(e, RuntimeError) and ("not found" in str(e) or "corrupted" in str(e))):

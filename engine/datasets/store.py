@@ -3,11 +3,13 @@
 A prepared dataset is a directory of plain ``.npy`` files (deterministic bytes, memory-mappable, no
 pickle) plus ``card.json``::
 
-    train_images.npy  uint8  [N, 3, H, W]
-    train_labels.npy  int64  [N]
-    train_masks.npy   uint8  [N, H, W]   optional: 1 = foreground (exact masks, e.g. ``scenes``)
-    test_*.npy        the same for the test split
-    card.json         counts, class names, normalisation statistics, checksum
+    train_images.npy    uint8  [N, 3, H, W]
+    train_labels.npy    int64  [N]
+    train_masks.npy     uint8  [N, H, W]   optional: 1 = foreground (exact masks, e.g. ``scenes``)
+    train_has_mask.npy  bool   [N]         optional: which images have a mask (absent: all of them, so
+                                           ``scenes`` keeps its bytes); the others have all-zero masks
+    test_*.npy          the same for the test split
+    card.json           counts, class names, normalisation statistics, checksum
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..errors import KdlensError
 from ..files import atomic_dir, write_json
 
 SPLITS = ("train", "test")
+OPTIONAL = ("masks", "has_mask")  # loaded when card.json lists them
 
 
 @dataclass
@@ -29,6 +32,7 @@ class Split:
     images: np.ndarray  # uint8 [N, 3, H, W]
     labels: np.ndarray  # int64 [N]
     masks: np.ndarray | None = None  # uint8 [N, H, W], 1 = foreground
+    has_mask: np.ndarray | None = None  # bool [N]: images whose mask is real (None: all, when masks exist)
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -37,6 +41,15 @@ class Split:
             raise ValueError("labels and images differ in length")
         if self.masks is not None and self.masks.shape != (len(self.images), *self.images.shape[2:]):
             raise ValueError(f"masks must be [N,H,W] matching the images, got {self.masks.shape}")
+        if self.has_mask is not None and (self.masks is None or self.has_mask.shape != self.labels.shape):
+            raise ValueError("has_mask needs masks and one flag per image")
+
+    @property
+    def masked(self) -> np.ndarray:
+        """bool [N]: which images have a real foreground mask (none when the dataset has no masks)."""
+        if self.masks is None:
+            return np.zeros(len(self.labels), bool)
+        return np.ones(len(self.labels), bool) if self.has_mask is None else self.has_mask.astype(bool)
 
 
 @dataclass
@@ -54,6 +67,8 @@ def _arrays(split: Split) -> dict[str, np.ndarray]:
     out = {"images": split.images, "labels": split.labels.astype(np.int64)}
     if split.masks is not None:
         out["masks"] = split.masks.astype(np.uint8)
+    if split.has_mask is not None:
+        out["has_mask"] = split.has_mask.astype(bool)
     return out
 
 
@@ -80,6 +95,7 @@ def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[
                 "test_per_class": np.bincount(test.labels, minlength=len(classes)).tolist(),
             },
             "has_masks": train.masks is not None and test.masks is not None,
+            "mask_counts": {"train": int(train.masked.sum()), "test": int(test.masked.sum())},
             # Normalisation statistics come from the training split only.
             "mean": [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))],
             "std": [round(float(v), 6) for v in x.std(axis=(0, 2, 3))],
@@ -104,9 +120,9 @@ def load_prepared(data_dir: str | Path) -> Prepared:
     splits = {}
     for split_name in SPLITS:
         arrays = {}
-        for key in ("images", "labels", "masks"):
+        for key in ("images", "labels", "masks", "has_mask"):
             path = data_dir / f"{split_name}_{key}.npy"
-            if key == "masks" and not card.get("has_masks"):
+            if key in OPTIONAL and path.name not in card["files"]:
                 continue
             try:
                 arrays[key] = np.load(path, allow_pickle=False)

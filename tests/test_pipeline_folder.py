@@ -1,0 +1,51 @@
+"""Your own images through the whole pipeline: `dvc exp run -S data.name=folder` on a tiny image folder
+with a few bad files and masks for some images, in a temporary git repo (tiny profile)."""
+import json
+
+import mlflow
+
+from test_data_folder import add_bad_files, write_folder
+from test_pipeline import STAGES, _run, repo  # noqa: F401  (repo: the module-scoped tiny project fixture)
+
+ROOT = "mydata"
+
+
+def test_folder_dataset_runs_every_stage_with_its_masks(repo):
+    # 3 classes x 16 train / 8 test; PNG masks for every other training image and two test images, so the
+    # 4 analysed test images (sigma.n_images) are 2 with a mask and 2 with the centre-box prior.
+    write_folder(repo / ROOT, 16, 8, masks="png",
+                 masked=lambda split, label, i: i % 2 == 0 if split == "train" else label == 0 and i < 2)
+    add_bad_files(repo / ROOT)  # 2 in train, 1 in test
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "an image folder")
+    out = _run(repo, "dvc", "exp", "run", "-n", "folder-run", "-S", "data.name=folder", "-S", f"data.root={ROOT}",
+               "-S", f"data.masks={ROOT}/masks", "-S", "supervision.lda_dim=2")  # LDA: at most classes - 1
+    assert f"skipped 3 image and 0 mask files, e.g. {ROOT}/train/solid/empty.jpg: empty file" in out.stderr
+
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["name"] == "folder" and data["num_classes"] == 3
+    assert (data["train"], data["test"]) == (48, 24) and data["skipped"] == {"images": 3, "masks": 0}
+    assert data["masked"] == {"train": 24, "test": 2} and data["has_masks"] is True
+    card = json.loads((repo / "data/prepared/card.json").read_text())
+    assert card["classes"] == ["hstripes", "solid", "vstripes"] and len(card["skipped"]["first"]) == 3
+
+    report = json.loads((repo / "metrics/report.json").read_text())
+    k = report["knowledge"]
+    assert report["dataset"] == "folder" and sorted(k["hypotheses"]) == ["H1", "H2", "H3"]
+    assert k["masks"]["exact_images"] == 2 and len(k["image_ids"]) == 4
+    line = f"masks from {ROOT}/masks (PNG tree) for 2 of 4 images"
+    assert k["masks"]["source"].startswith(line) and "centre-box prior for the other 2" in k["masks"]["source"]
+    assert f"Foreground: {line}" in (repo / "reports/report.md").read_text()
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdlens-folder")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["kdlens.stage"] for r in runs) == sorted(STAGES)
+    prep = next(r for r in runs if r.data.tags["kdlens.stage"] == "prepare_data")
+    assert prep.data.metrics["skipped_images"] == 3 and prep.data.params["data.masks"] == f"{ROOT}/masks"
+
+    # data.root is a dependency of prepare_data: a changed image folder re-runs it, nothing else does.
+    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    (repo / ROOT / "train/solid/img_00.png").write_bytes((repo / ROOT / "train/solid/img_01.png").read_bytes())
+    status = _run(repo, "dvc", "status", "prepare_data").stdout
+    assert "modified:" in status and ROOT in status
