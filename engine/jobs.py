@@ -13,8 +13,10 @@ import torch
 
 import methods
 import models
+from explain import routing
 from explain.plots import training_curves
 from models.base import count_parameters
+from models.vam import attach_vam, vam_parameter_count, vam_regulariser
 
 from . import checkpoint
 from .datasets.store import Prepared, load_prepared
@@ -22,15 +24,19 @@ from .device import device
 from .errors import KdlensError
 from .files import sha256_file, write_json
 from .loader import Loader
-from .params import TrainParams, flatten, params_hash
+from .params import StructureParams, TrainParams, VamParams, flatten, params_hash
 from .stage import work_dir
 from .supervision import load_supervision
-from .trainer import fit
+from .teacher import Views, frozen_teacher, open_cache
+from .trainer import FitResult, fit
 from .tracking import StageRun
 
 MODEL_FILE = "model.pt"
 CHECKPOINT_DIR = "checkpoints"
 WEIGHT_DISTANCE_FILE = "weight_distance.json"
+STAGE1_FILE = "stage1.pt"  # a learned-structure student (ltb) after stage 1: the soft-routed net
+ROUTING_FILE = "routing.json"  # its routing explanation (explain/routing.py)
+STRUCTURE_CURVES_FILE = "structure_curves.json"  # stage 1's epoch records
 
 
 def load_model(path: str | Path, dev: torch.device | None = None) -> models.Classifier:
@@ -38,6 +44,8 @@ def load_model(path: str | Path, dev: torch.device | None = None) -> models.Clas
     state = checkpoint.load(path, required=("model", "meta"))
     meta = state["meta"]
     model = models.create(meta["arch"], meta["num_classes"])
+    if meta.get("vam"):  # the VAM gates are part of the student's weights
+        attach_vam(model, **meta["vam"])
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -61,6 +69,42 @@ class TrainJob:
     params_slice: dict  # the params this stage declares (logged and hashed)
     teacher_path: Path | None = None
     supervision_path: Path | None = None  # data/supervision: loaded only for a method that needs it
+    structure: StructureParams | None = None  # stage 1 of a learned-structure student (ltb); else unused
+    vam: VamParams | None = None  # the Virtual Attention Module (distilled student only)
+    teacher_cache_path: Path | None = None  # data/teacher_cache: used by methods that read only logits
+
+
+@dataclass
+class Trained:
+    student: torch.nn.Module
+    method: methods.Method
+    result: FitResult  # the (final) training
+    structure: FitResult | None = None  # stage 1 of a learned-structure student
+    stage1_state: dict | None = None  # that student's weights after stage 1 (its own soft routing)
+    teacher_source: str = "none"  # "live", "cache" or "live (why the cache was not used)"
+
+
+def reads_teacher_logits_only(method: str) -> bool:
+    """Such a method can learn from the cached teacher logits (stage cache_teacher)."""
+    cls = methods.get(method)
+    return cls.needs_teacher and not cls.uses_features
+
+
+def learns_structure(model: torch.nn.Module) -> bool:
+    """A student whose structure is learned in a stage 1 and then frozen (``ltb``)."""
+    return hasattr(model, "freeze_structure")
+
+
+def new_student(arch: str, data: Prepared, seed: int, vam: VamParams | None, dev: torch.device):
+    torch.manual_seed(seed)  # same seed + arch => the baseline and every student start alike
+    student = models.create(arch, data.num_classes)
+    if vam is not None and vam.enabled:
+        try:
+            attach_vam(student, vam.stages, vam.groups, vam.init_gain, vam.entropy_weight,
+                       input_size=data.train.images.shape[-1])
+        except ValueError as e:
+            raise KdlensError(f"params.yaml: vam: {e}") from None
+    return student.to(dev)
 
 
 def build_method(name: str, params: methods.MethodParams, student, teacher, data: Prepared, supervision=None):
@@ -81,16 +125,57 @@ def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> t
 
 
 def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, method_params, data: Prepared,
-                  work: Path, teacher=None, name: str = "train", on_epoch=None, supervision=None):
-    """Build a student and its method, train them; returns (student, method, FitResult)."""
+                  work: Path, teacher=None, name: str = "train", on_epoch=None, supervision=None,
+                  structure: StructureParams | None = None, vam: VamParams | None = None,
+                  teacher_cache: tuple[Path, dict] | None = None) -> Trained:
+    """Build a student and its method and train them. A learned-structure student (``ltb``) first learns
+    its routing (``structure.train``, stage 1, same method), then keeps the hard tree -- its own or a CE
+    stage 1's (``structure.tree_from``) -- and retrains re-initialised weights with ``cfg`` (stage 2).
+
+    The teacher runs BN-folded (engine/teacher.py). ``teacher_cache`` = (cache dir, the data's and
+    teacher's SHA-256): a logit-only method's main training reads the cached logits instead, if the
+    cache holds exactly this training's views; ``Trained.teacher_source`` says which was used and why.
+    """
     dev = device()
-    torch.manual_seed(seed)  # same seed + arch => the baseline and every student start alike
-    student = models.create(arch, data.num_classes).to(dev)
-    method = build_method(method_name, method_params, student, teacher, data, supervision).to(dev)
+    student = new_student(arch, data, seed, vam, dev)
     train, test = loaders(data, cfg, seed, dev)
-    result = fit(student, method, cfg, train, test, seed=seed, work_dir=work, teacher=teacher, name=name,
-                 on_epoch=on_epoch)
-    return student, method, result
+    fast = frozen_teacher(teacher, data.train.images.shape[-1]) if teacher is not None else None
+    cached, source = None, "none"
+    if fast is not None:
+        source = "live"
+        if teacher_cache is not None and reads_teacher_logits_only(method_name):
+            cached, why = open_cache(teacher_cache[0], Views.of(train, cfg.epochs), teacher_cache[1], dev)
+            source = "cache" if cached is not None else f"live ({why})"
+
+    def regularisers():
+        return vam_regulariser(student)
+
+    def run(net, name_, params_, cfg_, work_, on_epoch_, teacher_outputs=None):
+        method_ = build_method(name_, params_, net, teacher, data, supervision).to(dev)
+        tr = loaders(data, cfg_, seed, dev)[0] if cfg_.batch_size != cfg.batch_size else train
+        res = fit(net, method_, cfg_, tr, test, seed=seed, work_dir=work_, teacher=fast if method_.needs_teacher
+                  else None, name=f"{name} {work_.name}" if work_ != work else name, on_epoch=on_epoch_,
+                  regularisers=regularisers if net is student else None, teacher_outputs=teacher_outputs)
+        return method_, res
+
+    stage1 = stage1_state = None
+    if structure is not None and learns_structure(student):
+        prefixed = None if on_epoch is None else (
+            lambda rec: on_epoch({"epoch": rec["epoch"], **{f"structure/{k}": v for k, v in rec.items()
+                                                            if k != "epoch"}}))
+        _, stage1 = run(student, method_name, method_params, structure.train, work / "structure", prefixed)
+        stage1_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        if structure.tree_from == "ce" and method_name != "ce":
+            # The CE arm's stage 1: same seed and code, so the same tree the baseline learns (default ce).
+            ce_net = new_student(arch, data, seed, vam, dev)
+            run(ce_net, "ce", methods.params_class("ce")(), structure.train, work / "structure_ce", None)
+            student.freeze_structure(like=ce_net)
+        else:
+            student.freeze_structure()
+        torch.manual_seed(seed)
+        student.reinitialise()
+    method, result = run(student, method_name, method_params, cfg, work, on_epoch, teacher_outputs=cached)
+    return Trained(student, method, result, stage1, stage1_state, source)
 
 
 def run_train_job(job: TrainJob) -> dict:
@@ -104,9 +189,8 @@ def run_train_job(job: TrainJob) -> dict:
     needs_sup = job.supervision_path is not None and methods.get(job.method).needs_supervision
     supervision = load_supervision(job.supervision_path) if needs_sup else None
     # Counted before training so a method that cannot serve this pair fails before any work.
-    torch.manual_seed(job.seed)
-    probe = models.create(job.arch, data.num_classes).to(dev)
-    counts = {"params/student": count_parameters(probe),
+    probe = new_student(job.arch, data, job.seed, job.vam, dev)
+    counts = {"params/student": count_parameters(probe), "params/vam": vam_parameter_count(probe),
               "params/method_extra": build_method(job.method, job.method_params, probe, teacher,
                                                   data, supervision).extra_parameter_count()}
     cfg = job.train
@@ -121,13 +205,18 @@ def run_train_job(job: TrainJob) -> dict:
               "device": str(dev)}
     with StageRun(job.stage, card["name"], logged, key, method=job.method) as run, work_dir(job.stage, key) as wd:
         run.log_metrics(counts)
-        student, method, result = train_network(
+        trained = train_network(
             job.arch, cfg, job.seed, job.method, job.method_params, data, wd, teacher=teacher, name=job.stage,
-            on_epoch=lambda rec: run.log_metrics(rec, step=rec["epoch"]), supervision=supervision)
+            on_epoch=lambda rec: run.log_metrics(rec, step=rec["epoch"]), supervision=supervision,
+            structure=job.structure, vam=job.vam,
+            teacher_cache=(job.teacher_cache_path, {k: inputs[k] for k in ("data_sha256", "teacher_sha256")})
+            if job.teacher_cache_path else None)
+        student, method, result = trained.student, trained.method, trained.result
+        run.set_tags({"kdlens.teacher_source": trained.teacher_source})
         # Outputs: final weights, kept checkpoints (moved out of the work dir), metrics and curves.
         job.out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"arch": job.arch, "num_classes": data.num_classes, "epoch": cfg.epochs, "stage": job.stage,
-                "method": job.method, "params_hash": key}
+                "method": job.method, "params_hash": key, "vam": getattr(student, "vam_config", None)}
         extra = {"method": method.state_dict()} if method.part_of_student else {}  # e.g. letKD's KD layers
         checkpoint.save(job.out_dir / MODEL_FILE, {"model": student.state_dict(), "meta": meta, **extra})
         ckpt_dir = job.out_dir / CHECKPOINT_DIR
@@ -137,6 +226,7 @@ def run_train_job(job: TrainJob) -> dict:
         # Per-layer weight distance over training: the knowledge metrics' learning-effort axis.
         write_json(job.out_dir / WEIGHT_DISTANCE_FILE, result.weight_distance)
         history = result.history
+        structure = _write_structure(job, trained, meta, data, run) if trained.structure is not None else {}
         best = max(history, key=lambda r: r["test/top1"])
         summary = {
             "stage": job.stage, "arch": job.arch, "method": job.method, "seed": job.seed,
@@ -145,14 +235,40 @@ def run_train_job(job: TrainJob) -> dict:
             "best_test_top1": best["test/top1"], "best_epoch": best["epoch"],
             "train_top1": history[-1]["train/top1"],
             "images_per_s": sum(r["images_per_s"] for r in history) / len(history),
-            **{k.replace("/", "_"): v for k, v in counts.items()},
+            **{k.replace("/", "_"): v for k, v in counts.items()}, **structure,
             "kept_epochs": sorted(result.kept), "resumed_from_epoch": result.resumed_from,
+            "teacher_source": trained.teacher_source,
             "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": key,
         }
-        run.log_metrics({"final/test_top1": summary["test_top1"], "final/best_test_top1": summary["best_test_top1"]})
+        run.log_metrics({"final/test_top1": summary["test_top1"], "final/best_test_top1": summary["best_test_top1"],
+                         **{f"final/{k}": v for k, v in structure.items() if isinstance(v, float)}})
         write_json(job.curves_path, history)
         write_json(job.metrics_path, summary)
         run.log_artifact(job.metrics_path)
         run.log_artifact(job.curves_path)
         run.log_figure(training_curves({job.stage: history}), "plots/training_curves.png")
     return summary
+
+
+def _write_structure(job: TrainJob, trained: Trained, meta: dict, data: Prepared, run: StageRun) -> dict:
+    """Stage 1 of a learned-structure student: its weights, epoch records and routing explanation
+    (explain/routing.py) next to model.pt, figures in MLflow; returns the summary's extra keys."""
+    checkpoint.save(job.out_dir / STAGE1_FILE, {"model": trained.stage1_state, "meta": {**meta, "stage1": True}})
+    write_json(job.out_dir / STRUCTURE_CURVES_FILE, trained.structure.history)
+    soft = models.create(job.arch, data.num_classes)
+    soft.load_state_dict(trained.stage1_state)
+    classes = data.card["classes"]
+    summary = {"stage1": routing.routing_summary(soft.preferences(), classes),
+               "tree": routing.routing_summary(trained.student.preferences(), classes),
+               "tree_from": job.structure.tree_from}
+    write_json(job.out_dir / ROUTING_FILE, summary)
+    run.log_artifact(job.out_dir / ROUTING_FILE)
+    run.log_figure(routing.plot_routing(soft.preferences(), classes, f"{job.method}: stage-1 routing"),
+                   "plots/routing.png")
+    run.log_figure(routing.plot_tree(trained.student.preferences(), classes, f"{job.method}: hard tree"),
+                   "plots/tree.png")
+    run.log_figure(routing.plot_entropy_curves({job.method: trained.structure.history}), "plots/gate_entropy.png")
+    final = trained.structure.history[-1]
+    return {"structure_test_top1": final["test/top1"], "tree_from": job.structure.tree_from,
+            **{f"routing_entropy_{level}": v for level, v in summary["stage1"]["entropy"].items()
+               if "/" not in level}}

@@ -48,15 +48,23 @@ class ScenesParams(Section):
 
 
 class DataParams(Section):
-    name: Literal["scenes", "cifar10", "cifar100"] = "scenes"
-    root: str = "data/downloads"
+    name: Literal["scenes", "cifar10", "cifar100", "folder"] = "scenes"
+    root: str = "data/downloads"  # cifar*: torchvision's files; folder: train/<class>/*, test/<class>/*
     download: bool = False
+    image_size: int = Field(32, ge=8, le=512)  # folder: side every image is resized to
+    masks: str | None = None  # folder: a PNG tree or a CSV of boxes, inside root (engine/datasets/folder.py)
     scenes: ScenesParams = ScenesParams()
 
     @model_validator(mode="after")
     def _image_size_fits(self):
         if self.scenes.digit_size[1] > self.scenes.image_size:
             raise ValueError("scenes.digit_size max must not exceed scenes.image_size")
+        return self
+
+    @model_validator(mode="after")
+    def _masks_need_folder(self):
+        if self.masks is not None and self.name != "folder":
+            raise ValueError(f"masks: only data.name: folder reads masks, not {self.name}; set data.masks: null")
         return self
 
 
@@ -66,17 +74,23 @@ class TrainParams(Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"  # adam: KDExplainer's LTB stage 1 (coupled L2, as upstream)
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["cosine", "multistep"] = "cosine"
+    # linear: to 3% of lr at the last epoch (KDExplainer's stage 1: lr·(1 − e/int(1.03·E)))
+    schedule: Literal["cosine", "multistep", "linear"] = "cosine"
     milestones: list[int] = []
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
     augment: bool = True
     amp: bool = True  # used only on CUDA
     keep_epochs: list[int] = []  # checkpoints kept as outputs (epoch 0 = the initial weights)
+    # Per named parameter group of the model (models' named_param_groups(), e.g. ltb's "routing"):
+    # its own base learning rate (same schedule), and epochs at the start during which it is frozen.
+    group_lr: dict[str, float] = {}
+    frozen_epochs: dict[str, int] = {}
 
     @model_validator(mode="after")
     def _epochs_in_range(self):
@@ -116,9 +130,42 @@ class TeacherParams(Section):
     train: TrainParams = TrainParams()
 
 
+class StructureParams(Section):
+    """Stage 1 of a student whose structure is learned (``ltb``, KDExplainer spec A5-A7); unused otherwise.
+
+    ``train`` learns the soft routing with the arm's own method; then ``student.train`` retrains the hard
+    tree from re-initialised weights (stage 2). ``tree_from``: which stage-1 tree a distilled arm's
+    stage 2 keeps: ``own`` (learned with its method; KamalEngine's configs, what "KD shapes the tree"
+    needs) or ``ce`` (a CE-trained stage 1 with the same seed, i.e. the CE arm's tree; xmq1221's configs).
+    """
+    train: TrainParams = TrainParams(optimizer="adam", schedule="linear", warmup_epochs=2,
+                                     group_lr={"routing": 0.01}, frozen_epochs={"routing": 2})
+    tree_from: Literal["own", "ce"] = "own"
+
+
 class StudentParams(Section):
     arch: ArchName = "resnet8"
     train: TrainParams = TrainParams()
+    structure: StructureParams = StructureParams()
+
+
+class VamParams(Section):
+    """kdlens's Virtual Attention Module on the distilled student (models/vam.py; our own design, spec A10):
+    gates over groups of the filters of the listed stages plus an entropy regulariser."""
+    enabled: bool = False
+    stages: list[int] = [-2]  # indices into Features.stages
+    groups: int = Field(4, ge=1)
+    init_gain: float = 3.0  # gate logits start at init_gain·I: each virtual block attends mostly to itself
+    entropy_weight: float = Field(0.01, ge=0)
+
+
+class TeacherCacheParams(Section):
+    """Stage ``cache_teacher`` (engine/teacher.py): the teacher's logits for every training view, used by
+    the methods that read only logits (kd, dkd). ``top_k`` > 0 keeps the k largest logits and the tail's
+    log-sum-exp (for large class counts; what is lost: how the tail mass splits across classes)."""
+    enabled: bool = True
+    dtype: Literal["float32", "float16"] = "float32"
+    top_k: int = Field(0, ge=0)
 
 
 class SupervisionParams(Section):
@@ -162,7 +209,7 @@ class SigmaSection(Section):
     noise_batch: int = Field(96, ge=1)
     relu: bool = True
     max_samples: int | None = Field(128, ge=1)
-    n_images: int = Field(16, ge=1)  # the first n test images with masks (all test images without masks)
+    n_images: int = Field(16, ge=1)  # test images, those with a foreground mask first (select_images)
     seed: int = Field(0, ge=0)  # same noise for every checkpoint and model (common random numbers)
     tap: Literal["stem", "stages", "preact", "pooled", "logits"] = "stages"
     index: int = -1  # which of Features.stages/preact
@@ -205,6 +252,8 @@ class Params(Section):
     teacher: TeacherParams = TeacherParams()
     student: StudentParams = StudentParams()
     methods: MethodsParams = MethodsParams()
+    vam: VamParams = VamParams()
+    teacher_cache: TeacherCacheParams = TeacherCacheParams()
     supervision: SupervisionParams = SupervisionParams()
     sigma: SigmaSection = SigmaSection()
     knowledge: KnowledgeSection = KnowledgeSection()

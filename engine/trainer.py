@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint
+from .errors import KdlensError
 from .loader import Loader, epoch_generator
 from .params import TrainParams
 from .weight_distance import WeightDistance
 
 LAST = "last.pt"
+LINEAR_DECAY = 1 / 1.03093  # KDExplainer's "linear" schedule ends at ~3% of the base lr
 
 
 def kept_name(epoch: int) -> str:
@@ -40,6 +42,10 @@ def lr_at(cfg: TrainParams, epoch_progress: float) -> float:
         span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
         t = min(max(epoch_progress - cfg.warmup_epochs, 0.0) / span, 1.0)
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    if cfg.schedule == "linear":
+        span = max(cfg.epochs - cfg.warmup_epochs, 1e-8)
+        t = min(max(epoch_progress - cfg.warmup_epochs, 0.0) / span, 1.0)
+        return cfg.lr * (1.0 - t * LINEAR_DECAY)
     passed = sum(1 for m in cfg.milestones if epoch_progress >= m)
     return cfg.lr * cfg.gamma**passed
 
@@ -93,8 +99,32 @@ def _sgd(params, lr: float, momentum: float, nesterov: bool, weight_decay: float
                            weight_decay=weight_decay)
 
 
-def _train_epoch(student, teacher, loss_fn, optimizer, scaler, train: Loader, epoch: int, lr_of_step,
-                 desc: str, grad_params: list, use_amp: bool, after_step=None) -> dict:
+def param_groups(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams) -> list[dict]:
+    """Optimizer groups: each named group of the student (``named_param_groups()``, if it has any) with
+    its ``group_lr`` / ``frozen_epochs``, then the method's own parameters at the base rate."""
+    named = student.named_param_groups() if hasattr(student, "named_param_groups") else {
+        "weights": list(student.parameters())}
+    for key, table in (("group_lr", cfg.group_lr), ("frozen_epochs", cfg.frozen_epochs)):
+        unknown = sorted(set(table) - set(named))
+        if unknown:
+            raise KdlensError(f"train.{key}: {type(student).__name__} has no parameter group {unknown[0]!r}; "
+                             f"its groups are {sorted(named)}")
+    groups = [{"params": [p for p in params if p.requires_grad], "name": name,
+               "lr_scale": cfg.group_lr.get(name, cfg.lr) / cfg.lr, "frozen_epochs": cfg.frozen_epochs.get(name, 0)}
+              for name, params in named.items()]
+    groups.append({"params": [p for p in method.parameters() if p.requires_grad], "name": "method",
+                   "lr_scale": 1.0, "frozen_epochs": 0})
+    return [g for g in groups if g["params"]]
+
+
+def _optimizer(groups: list[dict], cfg: TrainParams) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _sgd(groups, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+
+
+def _train_epoch(student, teacher_fn, loss_fn, optimizer, scaler, train: Loader, epoch: int, lr_of_step,
+                 desc: str, grad_params: list, use_amp: bool, after_step=None, regularisers=None) -> dict:
     """One pass over the training set: forward, sum the named terms, step. Returns the epoch's means."""
     device = train.images.device
     steps = len(train)
@@ -104,15 +134,19 @@ def _train_epoch(student, teacher, loss_fn, optimizer, scaler, train: Loader, ep
     t0 = time.perf_counter()
     for step, (x, y, idx) in enumerate(tqdm(train.batches(epoch), total=steps, desc=desc, leave=False,
                                             disable=None)):
+        lr = lr_of_step(step / steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr_of_step(step / steps)
+            frozen = epoch <= group.get("frozen_epochs", 0)
+            group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             s_out = student(x)
             t_out = None
-            if teacher is not None:
+            if teacher_fn is not None:
                 with torch.no_grad():
-                    t_out = teacher(x)
+                    t_out = teacher_fn(x, idx, epoch)
             terms = loss_fn(s_out, t_out, y, idx, epoch)
+            if regularisers is not None:  # the student's own terms (e.g. VAM's gate entropy)
+                terms = {**terms, **regularisers()}
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {step}; "
@@ -146,7 +180,7 @@ def _seed_epoch(seed: int, epoch: int, stream: int) -> None:
     torch.manual_seed(epoch_generator(seed, epoch, stream=stream).initial_seed())
 
 
-def _run_phases(method, student, teacher, train: Loader, seed: int, name: str, use_amp: bool,
+def _run_phases(method, student, teacher_fn, train: Loader, seed: int, name: str, use_amp: bool,
                 on_epoch) -> dict[str, list[dict]]:
     """The method's extra phases (e.g. FT's paraphraser pre-training), before the main training."""
     out = {}
@@ -163,7 +197,7 @@ def _run_phases(method, student, teacher, train: Loader, seed: int, name: str, u
             _seed_epoch(seed, epoch, stream=100 + n)
             for module in phase.train_modules:
                 module.train()
-            rec = _train_epoch(student, teacher, phase.losses, optimizer, scaler, train, epoch,
+            rec = _train_epoch(student, teacher_fn, phase.losses, optimizer, scaler, train, epoch,
                                lambda _: phase.lr, f"{name} {phase.name} {epoch}/{phase.epochs}",
                                phase.parameters, use_amp)
             rec = {f"phase/{phase.name}/{k}": v for k, v in rec.items()}
@@ -180,10 +214,18 @@ def _run_phases(method, student, teacher, train: Loader, seed: int, name: str, u
 
 def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, train: Loader, test: Loader, *,
         seed: int, work_dir: str | Path, teacher: torch.nn.Module | None = None, name: str = "train",
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], None] | None = None,
+        regularisers: Callable[[], dict[str, torch.Tensor]] | None = None,
+        teacher_outputs: Callable | None = None) -> FitResult:
     """Train ``student`` (and the method's own parts) for ``cfg.epochs`` epochs; resume from ``work_dir``.
 
     ``on_epoch`` receives every epoch's record (extra phases' records carry ``phase/<name>/`` keys).
+    ``regularisers()`` gives named terms the student itself adds to every step's loss (VAM's entropy).
+    ``teacher_outputs(x, index, epoch)``, if given, replaces the teacher's forward in the main training
+    (a cache of its outputs, engine/teacher.py); extra phases still run ``teacher``.
+    Generic model hooks, used when the student has them: ``named_param_groups()`` (per-group lr and
+    frozen epochs, ``cfg.group_lr`` / ``cfg.frozen_epochs``), ``start_epoch(epoch)`` before each epoch
+    (LTB's routing temperature) and ``epoch_diagnostics()`` merged into each epoch's record.
     The weight distance of every student layer (Cheng et al.'s learning-effort measure) is recorded over
     the main training, from the weights it starts with (after any extra phase) as epoch 0.
     """
@@ -192,13 +234,14 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     device = train.images.device
     use_amp = cfg.amp and device.type == "cuda"
     student_params = [p for p in student.parameters() if p.requires_grad]
-    params = student_params + [p for p in method.parameters() if p.requires_grad]
-    optimizer = _sgd(params, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+    optimizer = _optimizer(param_groups(student, method, cfg), cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    live = None
     if teacher is not None:
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+        live = lambda x, index, epoch: teacher(x)  # noqa: E731
 
     result = FitResult()
     start_epoch = 1
@@ -217,7 +260,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     for path in sorted(work_dir.glob("epoch_*.pt")):
         result.kept[int(path.stem.split("_")[1])] = path
     if start_epoch == 1:
-        result.phases = _run_phases(method, student, teacher, train, seed, name, use_amp, on_epoch)
+        result.phases = _run_phases(method, student, live, train, seed, name, use_amp, on_epoch)
     # Epoch 0 is the weights the main training starts from (after any extra phase), for the kept
     # checkpoint and the weight distance alike.
     if 0 in cfg.keep_epochs and 0 not in result.kept:
@@ -228,15 +271,18 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         _seed_epoch(seed, epoch, stream=1)
+        if hasattr(student, "start_epoch"):
+            student.start_epoch(epoch)
         student.train()
         method.train()
-        rec = _train_epoch(student, teacher, method.losses, optimizer, scaler, train, epoch,
+        rec = _train_epoch(student, teacher_outputs or live, method.losses, optimizer, scaler, train, epoch,
                            lambda frac, e=epoch: lr_at(cfg, e - 1 + frac), f"{name} {epoch}/{cfg.epochs}",
-                           student_params, use_amp, after_step=distance.after_step)
+                           student_params, use_amp, after_step=distance.after_step, regularisers=regularisers)
         distance.end_epoch()
         ev = evaluate(student, test, desc=f"{name} test")
         record = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), **rec,
-                  "test/top1": ev["top1"], "test/top5": ev["top5"], "test/loss": ev["loss"]}
+                  "test/top1": ev["top1"], "test/top5": ev["top5"], "test/loss": ev["loss"],
+                  **(student.epoch_diagnostics() if hasattr(student, "epoch_diagnostics") else {})}
         result.history.append(record)
         print(f"[{name}] epoch {epoch}/{cfg.epochs} loss {record['train/loss']:.4f} "
               f"train {record['train/top1']:.2f}% test {ev['top1']:.2f}% "

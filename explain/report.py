@@ -49,7 +49,7 @@ def markdown(report: dict, tracking_uri: str, experiment_id: str | None) -> str:
             f"| {ROLE_TITLES[role]} | {r['arch']} | {r['method']} | {r['test_top1']:.2f}{gain} | "
             f"{r['best_test_top1']:.2f} | {r['params']:,} | {r['method_extra_params']:,} | "
             f"{r['images_per_s']:.0f} | `{r['mlflow_run_id'] or 'not tracked'}` |")
-    lines += ["", "![training curves](curves.png)", "",
+    lines += ["", "![training curves](figures/curves.png)", "",
               f"MLflow: `{tracking_uri}`" + (f", experiment id {experiment_id}" if experiment_id else "") +
               " — open it with `make ui`.", ""]
     return "\n".join(lines)
@@ -72,9 +72,11 @@ def analysed_layer(model, tap: str, index: int) -> str:
     elif tap == "stem":
         prefix = "stem."
     else:
-        n = len(model.stages) if hasattr(model, "stages") else 1
-        idx = (-1 if tap == "pooled" else index) % n
-        prefix = f"stages.{idx}."
+        idx = -1 if tap == "pooled" else index
+        if hasattr(model, "stage_prefix"):  # a family whose stages are not ``model.stages`` (ltb)
+            prefix = model.stage_prefix(idx)
+        else:
+            prefix = f"stages.{idx % (len(model.stages) if hasattr(model, 'stages') else 1)}."
     hits = [nm for nm in names if nm.startswith(prefix) and "shortcut" not in nm and "downsample" not in nm]
     if not hits:
         raise ValueError(f"no conv/linear weight under {prefix!r}; recorded: {', '.join(names)}")
@@ -82,12 +84,13 @@ def analysed_layer(model, tap: str, index: int) -> str:
 
 
 def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, card: dict, layer: str,
-              sigma_cfg, knowledge_cfg, accuracy: dict[str, float]) -> dict:
+              sigma_cfg, knowledge_cfg, accuracy: dict[str, float], exact=None) -> dict:
     """The ``knowledge`` entry of metrics/report.json: per model accuracy next to N_fg, N_bg, lambda, D_mean,
     D_std, rho, the hypotheses for the distilled student vs the baseline, and how the masks were made.
 
     ``sigma[role]``: the arrays of data/sigma/<role>/sigma.npz; ``masks``: uint8 [N, H, W] test masks of
-    the analysed images, or None (then the centre-box prior).
+    the analysed images, or None (then the centre-box prior); ``exact``: bool [N], which of them have a real
+    mask (None: all), the others take the centre-box prior (a folder dataset with masks for some images).
     """
     import numpy as np
 
@@ -98,15 +101,25 @@ def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, c
         raise ValueError("baseline and student sigma maps differ in images or checkpoint epochs; re-run estimate_sigma")
     epochs = [int(e) for e in stud["epochs"]]
     grid = stud["entropy"].shape[-1]
+    n = len(stud["image_ids"])
+    frac = knowledge_cfg.center_box_frac
+    box = center_box(grid, frac)
+    box_rule = f"rows/cols floor(G*{frac:.4f})..floor(G*(1-{frac:.4f}))"
+    exact = np.zeros(n, bool) if masks is None else np.ones(n, bool) if exact is None else np.asarray(exact, bool)
     if masks is not None:
-        fg = downsample_masks(masks, grid, sigma_cfg.mask_mode)
-        mask_source = (f"exact {card['name']} masks downsampled to {grid}x{grid} (mode `{sigma_cfg.mask_mode}`"
-                       + (": a cell is foreground if any of its pixels is" if sigma_cfg.mask_mode == "any" else "")
-                       + ")")
+        fg = np.where(exact[:, None, None], downsample_masks(masks, grid, sigma_cfg.mask_mode), box)
+        how = (f"downsampled to {grid}x{grid} (mode `{sigma_cfg.mask_mode}`"
+               + (": a cell is foreground if any of its pixels is" if sigma_cfg.mask_mode == "any" else "") + ")")
+        origin = card.get("mask_source")  # where a folder dataset's masks came from (engine/datasets/folder.py)
+        if origin is None:
+            mask_source = f"exact {card['name']} masks {how}"
+        else:
+            rest = n - exact.sum()
+            mask_source = (f"masks from {origin['path']} ({origin['kind']}) for {exact.sum()} of {n} images, {how}"
+                           + (f"; centre-box prior for the other {rest} ({box_rule})" if rest else ""))
     else:
-        fg = center_box(grid, knowledge_cfg.center_box_frac)
-        mask_source = (f"centre-box prior (no masks in {card['name']}): rows/cols "
-                       f"floor(G*{knowledge_cfg.center_box_frac:.4f})..floor(G*(1-{knowledge_cfg.center_box_frac:.4f}))")
+        fg = box
+        mask_source = f"centre-box prior (no masks in {card['name']}): {box_rule}"
     kp = knowledge_cfg.library()
     runs = {"distilled": {"entropy": stud["entropy"], "wd": wd_at_epochs(weight_distance["student"], layer, epochs)},
             "baseline": {"entropy": base["entropy"], "wd": wd_at_epochs(weight_distance["baseline"], layer, epochs)}}
@@ -118,13 +131,14 @@ def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, c
         r = res[run]
         models_out[role] = {"test_top1": accuracy[role], **{k: r[k] for k in keys},
                             "series": {"epochs": epochs, **r["series"]}}
-    fg_n = np.broadcast_to(fg, (len(stud["image_ids"]), grid, grid)).sum(axis=(1, 2))
+    fg_n = np.broadcast_to(fg, (n, grid, grid)).sum(axis=(1, 2))
     return {
         "models": models_out,
         "hypotheses": res["hypotheses"],
         "selection": res["selection"],
         "layer": {"tap": f"{sigma_cfg.tap}[{sigma_cfg.index}]", "weight": layer},
-        "masks": {"source": mask_source, "foreground_cells_mean": float(fg_n.mean()), "grid": grid},
+        "masks": {"source": mask_source, "exact_images": int(exact.sum()), "foreground_cells_mean": float(fg_n.mean()),
+                  "grid": grid},
         "epochs": epochs,
         "image_ids": [int(i) for i in stud["image_ids"]],
         "params": knowledge_cfg.model_dump(),
@@ -191,11 +205,66 @@ def knowledge_markdown(k: dict, method: str) -> str:
         "distance covers the whole training of each student. One seed and few images: read the directions, "
         "not the decimals.",
         "",
-        "![concepts over training](concepts.png)",
+        "![concepts over training](figures/concepts.png)",
         "",
-        "![σ maps, baseline](sigma_baseline.png)",
+        "![σ maps, baseline](figures/sigma_baseline.png)",
         "",
-        "![σ maps, distilled](sigma_student.png)",
+        "![σ maps, distilled](figures/sigma_student.png)",
         "",
     ]
+    return "\n".join(lines)
+
+
+# --- routing of a learned-structure (LTB) student (issue 6; explain/routing.py, KDExplainer spec A12) ---
+
+ROUTING_LEVELS = ("level1", "level2", "level3")
+
+
+def routing(routings: dict[str, dict], results: dict[str, dict]) -> dict:
+    """The ``routing`` entry of metrics/report.json when both students are LTBs: per role, stage-1 (soft)
+    and stage-2 (hard tree) accuracy, stage-1 gate entropy per level at the reference temperature, the
+    class groups of its tree; and whether the distilled arm routes with lower entropy than the CE arm."""
+    out = {"models": {}}
+    for role, r in routings.items():
+        ent = r["stage1"]["entropy"]
+        out["models"][role] = {
+            "method": results[role]["method"], "stage1_top1": results[role]["structure_test_top1"],
+            "stage2_top1": results[role]["test_top1"], "tree_from": r["tree_from"],
+            "entropy": {lv: ent[lv] for lv in ROUTING_LEVELS},
+            "mean_entropy": sum(ent[lv] for lv in ROUTING_LEVELS) / len(ROUTING_LEVELS),
+            "groups": r["stage1"]["groups"], "tree_groups": r["tree"]["groups"],
+        }
+    b, s = out["models"]["baseline"], out["models"]["student"]
+    out["lower_entropy_than_ce"] = s["mean_entropy"] < b["mean_entropy"]
+    return out
+
+
+def routing_markdown(r: dict) -> str:
+    m = r["models"]
+    method = m["student"]["method"]
+    lines = ["## How the classes route through the tree (KDExplainer)", "",
+             "Xue et al., *KDExplainer* (IJCAI 2021): both students are learn-to-branch trees; stage 1 learns the "
+             "soft routing with the arm's loss, stage 2 keeps the hard tree and retrains re-initialised weights. "
+             "Gate entropy: stage-1 routing preferences at the reference temperature (t = 1), mean over each "
+             "level's nodes (nats; 0 = every node picks one parent).", "",
+             "| arm | stage-1 top-1 (soft) | stage-2 top-1 (hard tree) | entropy L1 | L2 | L3 | mean | stage-2 tree |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for role in ("baseline", "student"):
+        a = m[role]
+        e = a["entropy"]
+        lines.append(f"| {a['method']} ({role}) | {a['stage1_top1']:.2f} | {a['stage2_top1']:.2f} | "
+                     f"{e['level1']:.3f} | {e['level2']:.3f} | {e['level3']:.3f} | {a['mean_entropy']:.3f} | "
+                     f"{a['tree_from']} stage 1 |")
+    verdict = "holds" if r["lower_entropy_than_ce"] else "does not hold"
+    lines += ["", f"`{method}` routes with lower entropy than CE: **{verdict}** here "
+              f"({m['student']['mean_entropy']:.3f} vs {m['baseline']['mean_entropy']:.3f}). The paper's claim is "
+              "KD < CE and KD < label smoothing: compare all three arms with `python -m explain.compare`.", "",
+              "Classes that share a level-2 expert (stage-1 tree):", ""]
+    for role in ("baseline", "student"):
+        groups = [g for g in m[role]["groups"]["level2"] if len(g) > 1]
+        lines.append(f"- {m[role]['method']}: " + ("; ".join("{" + ", ".join(g) + "}" for g in groups) or "none"))
+    lines += ["", "![routing, baseline](figures/routing_baseline.png)", "",
+              "![routing, distilled](figures/routing_student.png)", "",
+              "![hard trees](figures/tree_baseline.png) ![](figures/tree_student.png)", "",
+              "![gate entropy over stage 1](figures/gate_entropy.png)", ""]
     return "\n".join(lines)

@@ -3,7 +3,7 @@ from engine.jobs import TrainJob, run_train_job
 from engine.params import load_params
 from engine.stage import run_stage
 
-from .paths import CURVES, DATA, METRICS, PARAMS, SUPERVISION, role_dir
+from .paths import CURVES, DATA, METRICS, PARAMS, SUPERVISION, TEACHER_CACHE, role_dir
 
 
 def main() -> None:
@@ -14,8 +14,9 @@ def main() -> None:
         method=p.method, method_params=method_params, data_dir=DATA, out_dir=role_dir("student"),
         metrics_path=METRICS / "student.json", curves_path=CURVES / "student.json",
         teacher_path=role_dir("teacher") / "model.pt", supervision_path=SUPERVISION,
+        structure=p.student.structure, vam=p.vam, teacher_cache_path=TEACHER_CACHE,
         params_slice={"seed": p.seed, "method": p.method, "student": p.student.model_dump(),
-                      f"methods.{p.method}": method_params.model_dump()}))
+                      f"methods.{p.method}": method_params.model_dump(), "vam": p.vam.model_dump()}))
 
 
 if __name__ == "__main__":

@@ -9,15 +9,18 @@ from engine.params import load_params, params_hash
 from engine.stage import run_stage
 from engine.tracking import StageRun, tracking_uri
 from explain.plots import concept_curves, sigma_over_epochs, training_curves
-from explain.report import ROLES, analysed_layer, knowledge, knowledge_markdown, markdown, summarise
+from explain import routing as R
+from explain.report import (ROLES, ROUTING_LEVELS, analysed_layer, knowledge, knowledge_markdown, markdown, routing,
+                            routing_markdown, summarise)
 
-from .paths import CURVES, DATA, METRICS, PARAMS, REPORTS, role_dir
+from .paths import CURVES, DATA, FIGURES, METRICS, PARAMS, REPORTS, role_dir
 
 SIGMA_PLOT_IMAGES = 4  # images shown in reports/sigma_<role>.png
 
 
 def knowledge_inputs(p):
-    """Read what the knowledge metrics need: sigma maps, weight distances, masks, the analysed layer."""
+    """Read what the knowledge metrics need: sigma maps, weight distances, masks (and which of the analysed
+    images have one), the analysed layer."""
     from engine.jobs import WEIGHT_DISTANCE_FILE
 
     sigma = {}
@@ -30,7 +33,31 @@ def knowledge_inputs(p):
     masks = data.test.masks[ids] if data.test.masks is not None else None
     model = load_model(role_dir("student") / "model.pt", device())
     layer = analysed_layer(model, p.sigma.tap, p.sigma.index)
-    return sigma, wd, masks, data, layer
+    return sigma, wd, masks, data.test.masked[ids], data, layer
+
+
+def routing_inputs(results: dict) -> tuple[dict, dict] | None:
+    """Both students' routing.json and stage-1 epoch records when they are LTBs (else None)."""
+    from engine.jobs import ROUTING_FILE, STRUCTURE_CURVES_FILE
+
+    roles = ("baseline", "student")
+    if not all((role_dir(r) / ROUTING_FILE).is_file() for r in roles):
+        return None
+    return ({r: read_json(role_dir(r) / ROUTING_FILE) for r in roles},
+            {f"{r} ({results[r]['method']})": read_json(role_dir(r) / STRUCTURE_CURVES_FILE) for r in roles})
+
+
+def routing_figures(routings: dict, stage1_curves: dict, results: dict, classes: list[str]) -> dict:
+    """The routing section's figures by file name."""
+    import numpy as np
+
+    figs = {"gate_entropy.png": R.plot_entropy_curves(stage1_curves)}
+    for role, r in routings.items():
+        prefs, tree = ([np.asarray(r[which]["preferences"][lv]) for lv in ROUTING_LEVELS] for which in ("stage1", "tree"))
+        method = results[role]["method"]
+        figs[f"routing_{role}.png"] = R.plot_routing(prefs, classes, f"{role} ({method}): stage-1 routing")
+        figs[f"tree_{role}.png"] = R.plot_tree(tree, classes, f"{role} ({method}): hard tree")
+    return figs
 
 
 def main() -> None:
@@ -39,38 +66,44 @@ def main() -> None:
     results = {role: read_json(METRICS / f"{role}.json") for role in ROLES}
     curves = {role: read_json(CURVES / f"{role}.json") for role in ROLES}
     report = summarise(data, results)
-    sigma, wd, masks, prepared, layer = knowledge_inputs(p)
+    sigma, wd, masks, exact, prepared, layer = knowledge_inputs(p)
     report["knowledge"] = knowledge(sigma, wd, masks, prepared.card, layer, p.sigma, p.knowledge,
-                                    {r: results[r]["test_top1"] for r in ("baseline", "student")})
+                                    {r: results[r]["test_top1"] for r in ("baseline", "student")}, exact)
     method = results["student"]["method"]
+    routed = routing_inputs(results)
+    if routed is not None:
+        report["routing"] = routing(routed[0], results)
     with StageRun("report", data["name"], {"method": method}, params_hash(report), method=method) as run:
-        REPORTS.mkdir(parents=True, exist_ok=True)
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        figures = {}
         fig = training_curves({f"{role} ({results[role]['arch']}, {results[role]['method']})": curves[role]
                                for role in ROLES})
-        fig.savefig(REPORTS / "curves.png", dpi=110)
+        figures["curves.png"] = fig
         k = report["knowledge"]
         fig_c = concept_curves({f"{role} ({results[role]['method']})": k["models"][role]["series"]
                                 for role in ("baseline", "student")})
-        fig_c.savefig(REPORTS / "concepts.png", dpi=110)
+        figures["concepts.png"] = fig_c
         shown = slice(0, SIGMA_PLOT_IMAGES)
-        figs_s = {}
         for role in ("baseline", "student"):
             fig_s = sigma_over_epochs(prepared.test.images[sigma[role]["image_ids"][shown]],
                                       sigma[role]["entropy"][shown], k["epochs"],
                                       title=f"{role} ({results[role]['method']}): entropy maps over epochs",
                                       max_images=SIGMA_PLOT_IMAGES)
-            fig_s.savefig(REPORTS / f"sigma_{role}.png", dpi=110)
-            figs_s[role] = fig_s
-        (REPORTS / "report.md").write_text(markdown(report, tracking_uri(), run.experiment_id)
-                                           + "\n" + knowledge_markdown(k, method))
+            figures[f"sigma_{role}.png"] = fig_s
+        text = markdown(report, tracking_uri(), run.experiment_id) + "\n" + knowledge_markdown(k, method)
+        if routed is not None:
+            figures.update(routing_figures(*routed, results, prepared.card["classes"]))
+            text += "\n" + routing_markdown(report["routing"])
+            run.log_metrics({f"routing/{role}/mean_entropy": m["mean_entropy"]
+                             for role, m in report["routing"]["models"].items()})
+        for name, f in figures.items():
+            f.savefig(FIGURES / name, dpi=110)
+            run.log_figure(f, f"plots/{name}")
+        (REPORTS / "report.md").write_text(text)
         report["mlflow_run_id"] = run.run_id
         write_json(METRICS / "report.json", report)
         run.log_metrics({"student_test_top1": report["student_test_top1"],
                          "gain_over_baseline": report["gain_over_baseline"]})
-        run.log_figure(fig, "plots/curves.png")
-        run.log_figure(fig_c, "plots/concepts.png")
-        for role, fig_s in figs_s.items():
-            run.log_figure(fig_s, f"plots/sigma_{role}.png")
         for role in ("baseline", "student"):
             km = k["models"][role]
             run.log_metrics({f"knowledge/{role}/{m}": km[m] for m in

@@ -11,7 +11,7 @@ def main() -> None:
     run_train_job(TrainJob(
         stage="train_baseline", arch=p.student.arch, train=p.student.train, seed=p.seed,
         method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("baseline"),
-        metrics_path=METRICS / "baseline.json", curves_path=CURVES / "baseline.json",
+        metrics_path=METRICS / "baseline.json", curves_path=CURVES / "baseline.json", structure=p.student.structure,
         params_slice={"seed": p.seed, "student": p.student.model_dump(),
                       "methods.ce": p.method_params("ce").model_dump()}))
 

@@ -31,6 +31,8 @@ def tiny_params() -> dict:
         p[role]["arch"] = "resnet8"
         p[role]["train"].update(epochs=2, batch_size=32, eval_batch_size=96, keep_epochs=[])
     p["student"]["train"]["keep_epochs"] = [0, 2]
+    p["student"]["structure"]["train"].update(epochs=2, batch_size=32, eval_batch_size=96, warmup_epochs=1,
+                                              frozen_epochs={"routing": 1})  # ltb stage 1
     p["sigma"].update(n_images=4, steps=20, probe_step=15, noise_batch=4)  # the whole chain in seconds
     return p
 

@@ -194,3 +194,65 @@ def test_weight_distance_is_recorded_and_survives_resume(tmp_path):
         _fit(tmp_path / "run", on_epoch=kill_after_2)
     _, resumed = _fit(tmp_path / "run")
     assert resumed.weight_distance["layers"]["conv.weight"]["cumulative"] == pytest.approx(layer["cumulative"])
+
+
+def test_linear_schedule_ends_at_three_percent():
+    lin = TrainParams(epochs=10, lr=1.0, schedule="linear", warmup_epochs=2)
+    assert lr_at(lin, 1.0) == pytest.approx(0.5)
+    assert lr_at(lin, 2.0) == pytest.approx(1.0)
+    assert lr_at(lin, 6.0) == pytest.approx(1.0 - 0.5 / 1.03093)
+    assert lr_at(lin, 10.0) == pytest.approx(1.0 - 1.0 / 1.03093)  # ~0.03
+
+
+class GroupedNet(TinyNet):
+    """TinyNet with the generic hooks a learned-structure model uses: named groups, per-epoch start,
+    per-epoch diagnostics and a gate the groups can freeze."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Parameter(torch.zeros(8))
+        self.started: list[int] = []
+
+    def extract(self, x):
+        feats = super().extract(x)
+        f = feats.stages[0] * torch.sigmoid(self.gate)[None, :, None, None]
+        return Features(stem=f, stages=[f], preact=feats.preact, pooled=f.mean((2, 3)))
+
+    def named_param_groups(self):
+        return {"weights": [p for n, p in self.named_parameters() if n != "gate"], "gate": [self.gate]}
+
+    def start_epoch(self, epoch):
+        self.started.append(epoch)
+
+    def epoch_diagnostics(self):
+        return {"gate/mean": float(self.gate.detach().mean())}
+
+
+def test_param_groups_get_their_lr_frozen_epochs_and_model_hooks(tmp_path):
+    torch.manual_seed(0)
+    model = GroupedNet()
+    ctx = methods.MethodContext(student=model, teacher=None, num_classes=3, num_train=48)
+    method = methods.create("ce", methods.params_class("ce")(), ctx)
+    cfg = TrainParams(epochs=3, batch_size=16, lr=0.1, optimizer="adam", group_lr={"gate": 0.01},
+                      frozen_epochs={"gate": 2})
+    train, test = _loaders()
+    seen = []
+    result = fit(model, method, cfg, train, test, seed=0, work_dir=tmp_path,
+                 on_epoch=lambda rec: seen.append((rec["epoch"], rec["gate/mean"])),
+                 regularisers=lambda: {"gate_l2": (model.gate ** 2).sum()})
+    assert model.started == [1, 2, 3]
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert seen[0][1] == 0.0 and seen[1][1] == 0.0  # frozen for two epochs (lr 0), then it moves
+    assert seen[2][1] != 0.0
+    assert abs(seen[2][1]) <= 0.01 * 3 + 1e-6  # Adam moves a weight by about lr per step: the group's lr
+    assert "train/gate_l2" in result.history[0] and "gradnorm/gate_l2" in result.history[0]
+
+
+def test_unknown_param_group_names_the_key(tmp_path):
+    model = TinyNet()
+    ctx = methods.MethodContext(student=model, teacher=None, num_classes=3, num_train=48)
+    method = methods.create("ce", methods.params_class("ce")(), ctx)
+    train, test = _loaders()
+    with pytest.raises(KdlensError, match=r"train.group_lr: TinyNet has no parameter group 'routing'"):
+        fit(model, method, TrainParams(epochs=1, group_lr={"routing": 0.1}), train, test, seed=0,
+            work_dir=tmp_path)
