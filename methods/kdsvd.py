@@ -95,6 +95,34 @@ def _svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _finite(s), _finite(v * sign)
 
 
+GRAM_SQUARINGS = 6  # the teacher's top pair: power iteration on G^(2^6), see _top_pair
+
+
+def _top_pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top singular value [B, 1] and right vector [B, C, 1] of x [B, M, C], without gradient.
+
+    The teacher needs only this pair (K = 1), so instead of a full eigen-decomposition: the smaller Gram
+    matrix G is squared ``GRAM_SQUARINGS`` times (each rescaled by its largest entry) and a few power
+    steps on G^64 from the all-ones vector (post-ReLU maps: the top vector is non-negative) converge
+    like 64 x as many plain ones; the value is the Rayleigh quotient on G. Matches the eigh to float
+    precision unless the top two singular values nearly coincide, where the top vector is not defined
+    anyway (tests/test_method_kdsvd.py)."""
+    m, c = x.shape[-2:]
+    xt = x.transpose(-2, -1)
+    g = (xt @ x) if c <= m else (x @ xt)
+    p = g / g.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    for _ in range(GRAM_SQUARINGS):
+        p = p @ p
+        p = p / p.abs().amax(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
+    q = F.normalize(p.sum(dim=2, keepdim=True), dim=1)  # one power step on the all-ones vector
+    for _ in range(4):
+        q = F.normalize(p @ q, dim=1)
+    s = (q.transpose(1, 2) @ g @ q).squeeze(-1).clamp_min(0).sqrt()  # [B, 1]
+    v = q if c <= m else F.normalize(xt @ q, dim=1)
+    sign = torch.where(v.sum(dim=-2, keepdim=True) < 0, -1.0, 1.0).to(v.dtype)
+    return _finite(s), _finite(v * sign)
+
+
 class _TopRightSingular(torch.autograd.Function):
     """(x [B, M, C], n) -> (V_n [B, C, n], S_n [B, n]) with a truncated, degeneracy-safe backward."""
 
@@ -166,8 +194,13 @@ def align_to_teacher(v_s: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
 
 
 def _stage_vectors(f: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised top-n right singular vectors [B, C, n] and normalised singular values [B, n]."""
-    v, s = top_right_singular(_positions_by_channels(f), n)
+    """Normalised top-n right singular vectors [B, C, n] and normalised singular values [B, n]; for a map
+    that needs no gradient and n = 1 (the teacher at K = 1), the cheaper ``_top_pair``."""
+    x = _positions_by_channels(f)
+    if n == 1 and not f.requires_grad:
+        s, v = _top_pair(_finite(x))
+    else:
+        v, s = top_right_singular(x, n)
     return F.normalize(v, p=2, dim=1), F.normalize(s, p=2, dim=1)
 
 

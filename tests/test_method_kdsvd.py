@@ -115,3 +115,16 @@ def test_cross_family_pair_with_other_channel_counts_is_not_applicable():
     t, s = make_pair("vgg8", "MobileNetV2")
     with pytest.raises(methods.MethodNotApplicable, match="equal channel counts"):
         make_method("kdsvd", s, t)
+
+
+def test_teacher_top_pair_matches_the_full_decomposition():
+    from methods.kdsvd import _svd, _top_pair
+
+    torch.manual_seed(0)
+    for shape in [(4, 16, 32, 32), (4, 128, 16, 16), (4, 256, 8, 8)]:  # C < M, C ~ M, C > M
+        f = torch.relu(torch.randn(*shape) + 0.2 * torch.randn(shape[0], shape[1], 1, 1))
+        x = f.flatten(2).transpose(1, 2)
+        s, v = _top_pair(x)
+        s_ref, v_ref = _svd(x)
+        torch.testing.assert_close(s[:, 0], s_ref[:, 0], rtol=1e-5, atol=0)
+        assert ((v[..., 0] * v_ref[..., 0]).sum(dim=1) > 1 - 1e-6).all()  # same vector, same sign
