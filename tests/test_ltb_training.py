@@ -64,6 +64,12 @@ def test_tree_from_ce_takes_the_ce_stage_one_tree(data, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(ce_tree, kd_own))  # KD learned another routing
 
 
+def test_the_label_smoothing_arm_trains_both_stages(data, tmp_path):
+    ls = _train(data, tmp_path, method="ls")
+    assert ls.teacher_source == "none" and len(ls.structure.history) == 2 and len(ls.result.history) == 1
+    assert "train/ls" in ls.result.history[0] and bool(ls.student.state_dict()["hard"])
+
+
 def test_feature_methods_refuse_the_tree_student(data, tmp_path):
     teacher = models.create("resnet8", 10).eval()
     with pytest.raises(KdlensError, match="method 'fitnet' with student LTB: .*use a logit-only method"):
