@@ -40,18 +40,29 @@ STRUCTURE_CURVES_FILE = "structure_curves.json"  # stage 1's epoch records
 
 
 def load_model(path: str | Path, dev: torch.device | None = None) -> models.Classifier:
-    """Rebuild a network from a kdlens ``model.pt`` (architecture and class count are in its meta)."""
+    """Rebuild a network from a kdlens ``model.pt`` as it was evaluated: architecture and class count
+    from its meta, plus any VAM gates and any method parts the student keeps (letKD's KD layers)."""
     state = checkpoint.load(path, required=("model", "meta"))
     meta = state["meta"]
     model = models.create(meta["arch"], meta["num_classes"])
     if meta.get("vam"):  # the VAM gates are part of the student's weights
         attach_vam(model, **meta["vam"])
+    if meta.get("method_parts"):
+        model.method_parts = methods.get(meta["method"]).restore_into(model, meta["method_parts"])
     try:
-        model.load_state_dict(state["model"])
+        load_weights(model, state)
     except RuntimeError as e:
         raise KdlensError(f"{path}: weights do not fit {meta['arch']} ({str(e).splitlines()[0]}); "
                           "re-run the stage that writes it") from None
     return model.to(dev or device())
+
+
+def load_weights(model: torch.nn.Module, state: dict) -> None:
+    """Load a model.pt or kept checkpoint into a ``load_model`` network (method parts included)."""
+    weights = state["model"]
+    if hasattr(model, "method_parts"):
+        weights = {**weights, **{f"method_parts.{k}": v for k, v in state["method"].items()}}
+    model.load_state_dict(weights)
 
 
 @dataclass
@@ -216,7 +227,8 @@ def run_train_job(job: TrainJob) -> dict:
         # Outputs: final weights, kept checkpoints (moved out of the work dir), metrics and curves.
         job.out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"arch": job.arch, "num_classes": data.num_classes, "epoch": cfg.epochs, "stage": job.stage,
-                "method": job.method, "params_hash": key, "vam": getattr(student, "vam_config", None)}
+                "method": job.method, "params_hash": key, "vam": getattr(student, "vam_config", None),
+                "method_parts": method.test_time_config() if method.part_of_student else None}
         extra = {"method": method.state_dict()} if method.part_of_student else {}  # e.g. letKD's KD layers
         checkpoint.save(job.out_dir / MODEL_FILE, {"model": student.state_dict(), "meta": meta, **extra})
         ckpt_dir = job.out_dir / CHECKPOINT_DIR

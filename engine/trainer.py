@@ -264,7 +264,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     # Epoch 0 is the weights the main training starts from (after any extra phase), for the kept
     # checkpoint and the weight distance alike.
     if 0 in cfg.keep_epochs and 0 not in result.kept:
-        result.kept[0] = _keep(work_dir, student, 0)
+        result.kept[0] = _keep(work_dir, student, method, 0)
     distance = WeightDistance(student)
     if state is not None:
         distance.load_state_dict(state["weight_distance"])
@@ -288,7 +288,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
               f"train {record['train/top1']:.2f}% test {ev['top1']:.2f}% "
               f"({record['images_per_s']:.0f} img/s)", file=sys.stderr, flush=True)
         if epoch in cfg.keep_epochs:
-            result.kept[epoch] = _keep(work_dir, student, epoch)
+            result.kept[epoch] = _keep(work_dir, student, method, epoch)
         checkpoint.save(last, {"student": student.state_dict(), "method": method.state_dict(),
                                "optimizer": optimizer.state_dict(), "epoch": epoch,
                                "history": json.dumps(result.history), "weight_distance": distance.state_dict()})
@@ -298,7 +298,10 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     return result
 
 
-def _keep(work_dir: Path, student: torch.nn.Module, epoch: int) -> Path:
+def _keep(work_dir: Path, student: torch.nn.Module, method: torch.nn.Module, epoch: int) -> Path:
+    """A kept checkpoint: the student, and the method's state if its parts belong to the student at test
+    time (letKD's KD layers), so every kept epoch can be analysed as it was evaluated."""
     path = work_dir / kept_name(epoch)
-    checkpoint.save(path, {"model": student.state_dict(), "epoch": epoch})
+    extra = {"method": method.state_dict()} if getattr(method, "part_of_student", False) else {}
+    checkpoint.save(path, {"model": student.state_dict(), "epoch": epoch, **extra})
     return path

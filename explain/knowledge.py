@@ -435,3 +435,11 @@ class _quiet:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+def select_images(split, n: int) -> np.ndarray:
+    """Sorted indices of n test images: first those whose mask has a foreground pixel, then (when too few)
+    those without a mask, whose foreground the report takes from the centre-box prior."""
+    masked = split.masked
+    with_fg = masked if split.masks is None else masked & split.masks.reshape(len(masked), -1).any(axis=1)
+    return np.sort(np.concatenate([np.flatnonzero(with_fg), np.flatnonzero(~masked)])[:n])

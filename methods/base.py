@@ -106,6 +106,16 @@ class Method(nn.Module):
         """Extra phases to run before the main training, in order (none by default)."""
         return []
 
+    def test_time_config(self) -> dict:
+        """(``part_of_student`` methods) JSON-able description of the parts the student keeps at test time."""
+        raise NotImplementedError(f"method {self.name!r} keeps no parts in the student")
+
+    @classmethod
+    def restore_into(cls, student: nn.Module, config: dict) -> nn.Module:
+        """(``part_of_student`` methods) Rebuild those parts from ``test_time_config`` into a fresh
+        ``student`` (wired into its forward) and return them as one module, weights still to load."""
+        raise NotImplementedError(f"method {cls.name!r} keeps no parts in the student")
+
     def extra_parameter_count(self) -> int:
         """Trainable parameters and buffers the method adds on top of the student (mdistiller's 'extra cost')."""
         return sum(p.numel() for p in self.parameters()) + sum(b.numel() for b in self.buffers())

@@ -143,6 +143,35 @@ def inter_targets(f_t: torch.Tensor, labels: torch.Tensor, scalings: torch.Tenso
 
 
 # ------------------------------------------------------------------------------- wiring into a student
+def wire(student: nn.Module, layers: nn.Module, producer: nn.Module | None) -> None:
+    """Pass ``student``'s last stage through ``layers.penult`` (its pooled map and logits recomputed) and,
+    with a ``producer`` module, that module's output through ``layers.inter``; the layers' scores ride on
+    the returned Features as ``letkd_scores``. ``unwire`` undoes it."""
+    pending: dict[str, torch.Tensor] = {}
+
+    def through(layer: KDLayer, key: str, x: torch.Tensor) -> torch.Tensor:
+        if layer.training != student.training:  # the trainer switches only the student to eval
+            layer.train(student.training)
+        x_hat, scores = layer(x)
+        pending[key] = scores
+        return x_hat
+
+    def penult_hook(model, inputs, output):
+        _, feats = output
+        x_hat = through(layers.penult, "penult", feats.stages[-1])
+        pooled = x_hat.mean(dim=(2, 3))
+        out = Features(stem=feats.stem, stages=[*feats.stages[:-1], x_hat], preact=feats.preact, pooled=pooled)
+        out.letkd_scores = dict(pending)
+        pending.clear()
+        return model.classifier(pooled), out
+
+    undo = []
+    if producer is not None:
+        undo.append(wrap_output(producer, lambda x: through(layers.inter, "inter", x)))
+    undo.append(student.register_forward_hook(penult_hook).remove)
+    student.__dict__["_letkd_undo"] = undo
+
+
 def unwire(student: nn.Module) -> None:
     """Remove a letKD wiring from ``student`` (no-op if there is none)."""
     for undo in student.__dict__.pop("_letkd_undo", []):
@@ -222,33 +251,32 @@ class LetKD(Method):
             self.inter = KDLayer(ci_s, sup["decision"].shape[0], params.alpha_inter)
             for name in ("lda_scalings", "lda_xbar", "sub_centers", "decision"):
                 self.register_buffer(name, torch.as_tensor(sup[name], dtype=torch.float32), persistent=False)
-        self._wire(student, producer)
+        wire(student, self, producer)
 
-    # -- wiring -------------------------------------------------------------------------------------
-    def _wire(self, student: nn.Module, producer: nn.Module | None) -> None:
-        pending: dict[str, torch.Tensor] = {}
+    def test_time_config(self) -> dict:
+        """What ``restore_into`` needs to rebuild the KD layers without the supervision (stored in
+        model.pt's meta next to their weights)."""
+        cfg = {"penult": [self.penult.predictor.weight.shape[1], self.penult.predictor.weight.shape[0],
+                          self.penult.alpha], "input_size": self.ctx.input_size}
+        if self.intermediate:
+            cfg["inter"] = [self.inter.predictor.weight.shape[1], self.inter.predictor.weight.shape[0],
+                            self.inter.alpha]
+            cfg["inter_stage"] = self.inter_idx
+        return cfg
 
-        def through(layer: KDLayer, key: str, x: torch.Tensor) -> torch.Tensor:
-            if layer.training != student.training:  # the trainer switches only the student to eval
-                layer.train(student.training)
-            x_hat, scores = layer(x)
-            pending[key] = scores
-            return x_hat
+    @classmethod
+    def restore_into(cls, student: nn.Module, config: dict) -> nn.Module:
+        """Rebuild the KD layers described by ``config`` (``test_time_config``), wire them into a fresh
+        ``student`` and return them (the caller loads their weights): the student as it was evaluated."""
+        layers = nn.Module()
+        layers.penult = KDLayer(*config["penult"])
+        producer = None
+        if "inter" in config:
+            layers.inter = KDLayer(*config["inter"])
+            producer = stage_producer(student, config["inter_stage"], config["input_size"])
+        wire(student, layers, producer)
+        return layers
 
-        def penult_hook(model, inputs, output):
-            _, feats = output
-            x_hat = through(self.penult, "penult", feats.stages[-1])
-            pooled = x_hat.mean(dim=(2, 3))
-            out = Features(stem=feats.stem, stages=[*feats.stages[:-1], x_hat], preact=feats.preact, pooled=pooled)
-            out.letkd_scores = dict(pending)
-            pending.clear()
-            return model.classifier(pooled), out
-
-        undo = []
-        if producer is not None:
-            undo.append(wrap_output(producer, lambda x: through(self.inter, "inter", x)))
-        undo.append(student.register_forward_hook(penult_hook).remove)
-        student.__dict__["_letkd_undo"] = undo
 
     # -- losses -------------------------------------------------------------------------------------
     def losses(self, student, teacher, targets, index, epoch):

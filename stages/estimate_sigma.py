@@ -1,7 +1,7 @@
 """Stage ``estimate_sigma@<role>``: sigma/entropy maps of one network at every kept checkpoint.
 
 ``python -m stages.estimate_sigma baseline|student``. For each checkpoint ``data/<role>/checkpoints/
-epoch_XXX.pt`` ``sigma.n_images`` test images (those with a foreground mask first: ``select_images``) get
+epoch_XXX.pt`` ``sigma.n_images`` test images (those with a foreground mask first: ``explain.knowledge.select_images``) get
 their sigma map (explain/sigma.py), with the same seed and image ids for every checkpoint and both models
 (common random numbers). Writes ``data/sigma/<role>/sigma.npz`` (deterministic
 bytes) and ``metrics/sigma_<role>.json``; logs a few sigma heat maps to MLflow.
@@ -21,10 +21,11 @@ from engine.datasets.store import load_prepared
 from engine.device import device
 from engine.errors import KdlensError
 from engine.files import sha256_file, write_json, write_npz
-from engine.jobs import load_model
+from engine.jobs import load_model, load_weights
 from engine.params import flatten, load_params, params_hash
 from engine.stage import run_stage
 from engine.tracking import StageRun
+from explain.knowledge import select_images
 from explain.plots import sigma_heatmaps
 from explain.sigma import estimate_sigma, model_feature_fn, summary
 
@@ -43,14 +44,6 @@ def checkpoints(role: str) -> list[tuple[int, Path]]:
     if not found:
         raise KdlensError(f"{role_dir(role) / 'checkpoints'}: no kept checkpoints; set student.train.keep_epochs")
     return found
-
-
-def select_images(split, n: int) -> np.ndarray:
-    """Sorted indices of n test images: first those whose mask has a foreground pixel, then (when too few)
-    those without a mask, whose foreground the report takes from the centre-box prior."""
-    masked = split.masked
-    with_fg = masked if split.masks is None else masked & split.masks.reshape(len(masked), -1).any(axis=1)
-    return np.sort(np.concatenate([np.flatnonzero(with_fg), np.flatnonzero(~masked)])[:n])
 
 
 def main() -> None:
@@ -85,7 +78,7 @@ def main() -> None:
         with tqdm(total=len(ckpts) * sp.steps, desc=f"sigma {role}", disable=None) as bar:
             for epoch, path in ckpts:
                 state = checkpoint.load(path, map_location=dev, required=("model",))
-                model.load_state_dict(state["model"])
+                load_weights(model, state)
                 fn = model_feature_fn(model, cfg.tap, cfg.index)
                 bar.set_description(f"sigma {role} epoch {epoch}")
                 res = estimate_sigma(fn, images, sp, seed=cfg.seed, image_ids=ids.tolist(), progress=bar)
@@ -112,6 +105,7 @@ def main() -> None:
             "selected_step_min": int(steps.min()) if steps.size else -1,
             "selected_step_max": int(steps.max()) if steps.size else -1,
             "target_entropy": float(results[0].target), "layer": f"{cfg.tap}[{cfg.index}]",
+            "with_method_parts": hasattr(model, "method_parts"),  # e.g. letKD's KD layers, as evaluated
             "per_checkpoint": {str(k): v for k, v in per_ckpt.items()}, "seconds": seconds,
             "sha256": sha256_file(out_path), "mlflow_run_id": run.run_id, "params_hash": key,
         }

@@ -11,7 +11,7 @@ from engine.datasets import load_prepared, prepare
 from engine.datasets.store import Split
 from engine.errors import KdlensError
 from engine.params import DataParams, parse_params
-from stages.estimate_sigma import select_images
+from explain.knowledge import select_images
 
 CLASSES = ["hstripes", "solid", "vstripes"]
 

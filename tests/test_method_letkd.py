@@ -189,3 +189,29 @@ def test_without_supervision_the_method_refuses_in_one_line():
     ctx = methods.MethodContext(student=s, teacher=t, num_classes=NUM_CLASSES, num_train=8)
     with pytest.raises(methods.MethodNotApplicable, match="needs the teacher-derived supervision"):
         methods.create("letkd2", methods.params_class("letkd2")(), ctx)
+
+
+@pytest.mark.parametrize("name", ["letkd1", "letkd2"])
+def test_saved_student_reloads_with_its_kd_layers(name, tmp_path):
+    """model.pt keeps the KD layers' weights and config; load_model rebuilds the student as evaluated."""
+    from engine import checkpoint
+    from engine.jobs import load_model
+
+    method, student, _ = _setup(name)
+    with torch.no_grad():  # trained-looking layers: move every KD-layer weight off its init
+        for p in method.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    meta = {"arch": "resnet8", "num_classes": NUM_CLASSES, "method": name, "method_parts": method.test_time_config()}
+    checkpoint.save(tmp_path / "model.pt", {"model": student.state_dict(), "meta": meta, "method": method.state_dict()})
+    loaded = load_model(tmp_path / "model.pt", torch.device("cpu")).eval()
+    student.eval()
+    method.eval()
+    x, _ = _batch()
+    with torch.no_grad():
+        (z, f), (z2, f2) = student(x), loaded(x)
+        bare = models.create("resnet8", NUM_CLASSES)
+        bare.load_state_dict(student.state_dict())
+        z_bare = bare.eval()(x)[0]
+    torch.testing.assert_close(z2, z)
+    assert set(f2.letkd_scores) == set(f.letkd_scores)
+    assert not torch.allclose(z_bare, z)  # without its layers the student is another network

@@ -2,7 +2,8 @@
 
 `dvc exp run -S method=letkd2` runs `build_supervision` once (one MLflow run, with its inertia history,
 cluster-size plot and device); a second letKD experiment and a non-letKD one reuse it and re-run only
-`distill` and `report`. The distilled student's model.pt carries the KD layers it was evaluated with.
+`distill` and `report`. The distilled student's model.pt and kept checkpoints carry the KD layers it was
+evaluated with, and the sigma stage analyses the student with them.
 """
 import json
 
@@ -50,6 +51,10 @@ def test_letkd2_builds_supervision_once_and_other_experiments_reuse_it(repo):
     assert student["params_method_extra"] == _layer_count(64, k) + _layer_count(32, n_sub)
     saved = torch.load(repo / "data/student/model.pt", weights_only=True)
     assert {"penult.predictor.weight", "inter.value.weight"} <= set(saved["method"])
+    assert saved["meta"]["method_parts"]["inter_stage"] == sup_params["inter_stage"]
+    kept = torch.load(repo / "data/student/checkpoints/epoch_002.pt", weights_only=True)
+    assert set(kept["method"]) == set(saved["method"])  # every kept epoch has its layers' state
+    assert json.loads((repo / "metrics/sigma_student.json").read_text())["with_method_parts"] is True
     (distill,) = [r for r in _stage_runs(repo, "distill") if r.data.tags["kdlens.method"] == "letkd2"]
     for key in ("train/ce", "train/penult", "train/inter", "gradnorm/penult", "gradnorm/inter"):
         assert key in distill.data.metrics, key
