@@ -1,7 +1,8 @@
 """One training job (teacher, baseline student or distilled student), shared by the training stages.
 
 It builds the networks and the method, trains with ``engine.trainer.fit``, writes the stage's outputs
-(final weights, kept checkpoints, metrics JSON, per-epoch curves) and logs everything to MLflow.
+(final weights, kept checkpoints, metrics JSON, per-epoch curves) and logs everything to MLflow. With
+``trainer.nproc`` > 1 it does so on that many processes under torchrun (engine/distributed.py).
 """
 from __future__ import annotations
 
@@ -18,13 +19,13 @@ from explain.plots import training_curves
 from models.base import count_parameters
 from models.vam import attach_vam, vam_parameter_count, vam_regulariser
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .datasets.store import Prepared, load_prepared
 from .device import device
 from .errors import KdlensError
 from .files import sha256_file, write_json
 from .loader import Loader
-from .params import StructureParams, TrainParams, VamParams, flatten, params_hash
+from .params import StructureParams, TrainerParams, TrainParams, VamParams, flatten, params_hash
 from .stage import work_dir
 from .supervision import load_supervision
 from .teacher import Views, frozen_teacher, open_cache
@@ -83,6 +84,8 @@ class TrainJob:
     structure: StructureParams | None = None  # stage 1 of a learned-structure student (ltb); else unused
     vam: VamParams | None = None  # the Virtual Attention Module (distilled student only)
     teacher_cache_path: Path | None = None  # data/teacher_cache: used by methods that read only logits
+    trainer: TrainerParams = TrainerParams()  # how many processes, SyncBatchNorm
+    role: str = "student"  # the params section of ``train`` and ``structure`` (named in errors)
 
 
 @dataclass
@@ -138,7 +141,7 @@ def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> t
 def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, method_params, data: Prepared,
                   work: Path, teacher=None, name: str = "train", on_epoch=None, supervision=None,
                   structure: StructureParams | None = None, vam: VamParams | None = None,
-                  teacher_cache: tuple[Path, dict] | None = None) -> Trained:
+                  teacher_cache: tuple[Path, dict] | None = None, sync_bn: bool = False) -> Trained:
     """Build a student and its method and train them. A learned-structure student (``ltb``) first learns
     its routing (``structure.train``, stage 1, same method), then keeps the hard tree -- its own or a CE
     stage 1's (``structure.tree_from``) -- and retrains re-initialised weights with ``cfg`` (stage 2).
@@ -146,6 +149,7 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
     The teacher runs BN-folded (engine/teacher.py). ``teacher_cache`` = (cache dir, the data's and
     teacher's SHA-256): a logit-only method's main training reads the cached logits instead, if the
     cache holds exactly this training's views; ``Trained.teacher_source`` says which was used and why.
+    ``sync_bn``: across processes, the student's and the method's BatchNorms become SyncBatchNorm.
     """
     dev = device()
     student = new_student(arch, data, seed, vam, dev)
@@ -163,6 +167,8 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
 
     def run(net, name_, params_, cfg_, work_, on_epoch_, teacher_outputs=None):
         method_ = build_method(name_, params_, net, teacher, data, supervision).to(dev)
+        if sync_bn:
+            distributed.use_sync_batchnorm(net, method_)
         tr = loaders(data, cfg_, seed, dev)[0] if cfg_.batch_size != cfg.batch_size else train
         res = fit(net, method_, cfg_, tr, test, seed=seed, work_dir=work_, teacher=fast if method_.needs_teacher
                   else None, name=f"{name} {work_.name}" if work_ != work else name, on_epoch=on_epoch_,
@@ -190,7 +196,21 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
 
 
 def run_train_job(job: TrainJob) -> dict:
-    """The training stages' body: train, then write outputs and log them (see module docstring)."""
+    """The training stages' body: train, then write outputs and log them (see module docstring). On
+    several processes, this process becomes torchrun first, and rank 0 returns the summary (others {})."""
+    size = distributed.processes(job.trainer.nproc)
+    if size > 1:
+        sizes = {f"{job.role}.train.batch_size": job.train.batch_size}
+        if job.structure is not None and learns_structure(models.create(job.arch, 2)):
+            sizes[f"{job.role}.structure.train.batch_size"] = job.structure.train.batch_size
+        distributed.check_split(size, sizes, job.trainer.sync_bn)
+    distributed.relaunch(size)
+    with distributed.process_group():
+        return _train_job(job)
+
+
+def _train_job(job: TrainJob) -> dict:
+    world = distributed.world()
     dev = device()
     data = load_prepared(job.data_dir)
     card = data.card
@@ -213,7 +233,7 @@ def run_train_job(job: TrainJob) -> dict:
         inputs["supervision_sha256"] = supervision["card"]["sha256"]
     key = params_hash({**job.params_slice, **inputs})
     logged = {**flatten(job.params_slice), **{f"input.{k}": v[:12] for k, v in inputs.items()},
-              "device": str(dev)}
+              "device": str(dev), "trainer.nproc": world.size, "trainer.sync_bn": job.trainer.sync_bn}
     with StageRun(job.stage, card["name"], logged, key, method=job.method) as run, work_dir(job.stage, key) as wd:
         run.log_metrics(counts)
         trained = train_network(
@@ -221,7 +241,9 @@ def run_train_job(job: TrainJob) -> dict:
             on_epoch=lambda rec: run.log_metrics(rec, step=rec["epoch"]), supervision=supervision,
             structure=job.structure, vam=job.vam,
             teacher_cache=(job.teacher_cache_path, {k: inputs[k] for k in ("data_sha256", "teacher_sha256")})
-            if job.teacher_cache_path else None)
+            if job.teacher_cache_path else None, sync_bn=job.trainer.sync_bn)
+        if not world.main:
+            return {}  # rank 0 writes the outputs and logs them; the others wait (distributed.process_group)
         student, method, result = trained.student, trained.method, trained.result
         run.set_tags({"kdlens.teacher_source": trained.teacher_source})
         # Outputs: final weights, kept checkpoints (moved out of the work dir), metrics and curves.
@@ -249,7 +271,7 @@ def run_train_job(job: TrainJob) -> dict:
             "images_per_s": sum(r["images_per_s"] for r in history) / len(history),
             **{k.replace("/", "_"): v for k, v in counts.items()}, **structure,
             "kept_epochs": sorted(result.kept), "resumed_from_epoch": result.resumed_from,
-            "teacher_source": trained.teacher_source,
+            "teacher_source": trained.teacher_source, "nproc": world.size,
             "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": key,
         }
         run.log_metrics({"final/test_top1": summary["test_top1"], "final/best_test_top1": summary["best_test_top1"],

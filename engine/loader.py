@@ -81,10 +81,14 @@ class Loader:
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
         return (images_uint8.float() - self.mean) / self.std
 
-    def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The epoch's batches; with ``ranks`` > 1, this rank's share of each: every ``ranks``-th sample of
+        the global batch from position ``rank`` on, so the ranks' shares of a step are disjoint and make up
+        exactly the batch one process gets (same samples, same views)."""
         plan = epoch_plan(len(self.labels), self.seed, epoch, self.augment, self.shuffle)
         for i in range(len(self)):
-            idx = plan.order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = plan.order[i * self.batch_size:(i + 1) * self.batch_size][rank::ranks]
             idx_dev = idx.to(self.images.device)
             x = self.images[idx_dev]
             if self.augment:

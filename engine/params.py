@@ -245,6 +245,14 @@ class ReportParams(Section):
     pass
 
 
+class TrainerParams(Section):
+    """How the training stages run (engine/distributed.py): on ``nproc`` processes under torchrun (one per
+    GPU; env ``KDLENS_NPROC`` overrides it), with BatchNorm statistics over the whole global batch if
+    ``sync_bn`` (CUDA only; no effect on one process)."""
+    nproc: int = Field(1, ge=1)
+    sync_bn: bool = False
+
+
 class Params(Section):
     seed: int = 0  # the students' seed (baseline and distilled); the teacher has its own
     method: MethodName = "kd"
@@ -258,6 +266,7 @@ class Params(Section):
     sigma: SigmaSection = SigmaSection()
     knowledge: KnowledgeSection = KnowledgeSection()
     report: ReportParams = ReportParams()
+    trainer: TrainerParams = TrainerParams()
 
     def method_params(self, name: str | None = None) -> BaseModel:
         """The validated hyperparameters of a method (defaults where params.yaml names none)."""

@@ -7,8 +7,9 @@ import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import IO, Callable, Iterator
 
+from .distributed import world
 from .errors import KdlensError
 from .tracking import project_root
 
@@ -29,8 +30,23 @@ def work_dir(stage: str, key: str) -> Iterator[Path]:
     DVC deletes a stage's outputs before running it, so resumable state lives outside them, under
     ``.dvc/tmp/kdlens/`` (git-ignored by DVC). It is removed once the stage succeeds. If another process
     already holds the same directory (two queued experiments with identical inputs), this one gets a
-    private directory and simply does not resume.
+    private directory and simply does not resume. Under torchrun (engine/distributed.py) rank 0 chooses,
+    locks and finally removes it, and every rank uses rank 0's choice.
     """
+    ranks = world()
+    lock, path = _claim(stage, key) if ranks.main else (None, None)
+    path = ranks.broadcast(path)
+    try:
+        yield path
+    finally:
+        if lock is not None:
+            lock.close()
+    if ranks.main:
+        shutil.rmtree(path, ignore_errors=True)  # reached only when the body succeeded
+
+
+def _claim(stage: str, key: str) -> tuple[IO | None, Path]:
+    """The locked work directory of (stage, key), or a private one if another process holds it."""
     root = project_root()
     base = root / ".dvc" / "tmp" / "kdlens" if (root / ".dvc").is_dir() else Path(tempfile.gettempdir()) / "kdlens"
     path = base / f"{stage.replace('@', '-')}-{key}"
@@ -40,10 +56,5 @@ def work_dir(stage: str, key: str) -> Iterator[Path]:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        lock, path = None, Path(tempfile.mkdtemp(prefix=f"kdlens-{stage}-"))
-    try:
-        yield path
-    finally:
-        if lock is not None:
-            lock.close()
-    shutil.rmtree(path, ignore_errors=True)  # reached only when the body succeeded
+        return None, Path(tempfile.mkdtemp(prefix=f"kdlens-{stage}-"))
+    return lock, path

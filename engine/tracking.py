@@ -42,7 +42,8 @@ def git_commit() -> str:
 
 
 class StageRun:
-    """``with StageRun(...) as run:`` opens the MLflow run; ``run.run_id`` is None if tracking failed."""
+    """``with StageRun(...) as run:`` opens the MLflow run; ``run.run_id`` is None if tracking failed (or
+    on a torchrun rank other than 0)."""
 
     def __init__(self, stage: str, dataset: str, params: dict[str, Any], params_hash: str,
                  method: str = "", tags: dict[str, str] | None = None):
@@ -66,6 +67,8 @@ class StageRun:
                       stacklevel=3)
 
     def __enter__(self) -> "StageRun":
+        if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0 (engine/distributed.py)
+            return self  # logs nothing: one run per stage
         try:
             import mlflow
 

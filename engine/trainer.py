@@ -4,7 +4,8 @@ One step: student forward -> (frozen teacher forward) -> ``method.losses(...)`` 
 Per epoch it records every term's mean value, the gradient norm each term alone sends into the student
 (on the epoch's first batch: a term whose gradient is zero shows up at a glance), lr, accuracy and
 throughput. Training state is checkpointed atomically every epoch into ``work_dir``; a run started again
-with the same ``work_dir`` resumes from there instead of starting over.
+with the same ``work_dir`` resumes from there instead of starting over. Under torchrun each rank trains
+on its share of every batch and every recorded number is reduced over the ranks (engine/distributed.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from methods.common import mean_over_ranks
+
 from . import checkpoint
+from .distributed import ONE, World, replicate, world as current_world
 from .errors import KdlensError
 from .loader import Loader, epoch_generator
 from .params import TrainParams
@@ -50,13 +54,20 @@ def lr_at(cfg: TrainParams, epoch_progress: float) -> float:
     return cfg.lr * cfg.gamma**passed
 
 
+def _bar(batches, world: World, total: int, desc: str):
+    """A progress bar over a loop on data, shown by rank 0 only."""
+    return tqdm(batches, total=total, desc=desc, leave=False, disable=None if world.main else True)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Loader, desc: str = "eval") -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader: Loader, desc: str = "eval", world: World = ONE) -> dict[str, float]:
+    """Top-1/top-5 accuracy and mean cross-entropy on ``loader``'s split. Across ranks, each evaluates its
+    share of every batch and the counts are added up: as fast as the training shares, and exact."""
     was_training = model.training
     model.eval()
     correct1 = correct5 = loss_sum = 0.0
     k = None
-    for x, y, _ in tqdm(loader.batches(), total=len(loader), desc=desc, leave=False, disable=None):
+    for x, y, _ in _bar(loader.batches(0, world.rank, world.size), world, len(loader), desc):
         logits = model(x)[0].float()
         k = k or min(5, logits.shape[1])
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -64,20 +75,25 @@ def evaluate(model: torch.nn.Module, loader: Loader, desc: str = "eval") -> dict
         correct1 += (topk[:, 0] == y).sum().item()
         correct5 += (topk == y[:, None]).any(dim=1).sum().item()
     model.train(was_training)
+    correct1, correct5, loss_sum = world.sum([correct1, correct5, loss_sum])
     n = loader.num_samples
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
 
 
-def term_grad_norms(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> dict[str, float]:
-    """L2 norm of the gradient each term alone sends into ``params`` (the student's weights)."""
+def term_grad_norms(terms: dict[str, torch.Tensor], params: list[torch.nn.Parameter],
+                    world: World = ONE) -> dict[str, float]:
+    """L2 norm of the gradient each term alone sends into ``params`` (the student's weights); across
+    ranks, of that gradient averaged over the ranks, as the optimiser gets it."""
     norms = {}
     for name, value in terms.items():
         if not value.requires_grad:
             norms[name] = 0.0
             continue
         grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-        sq = sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None)
-        norms[name] = math.sqrt(sq)
+        grads = [g.detach().float() for g in grads if g is not None]
+        if grads and world.size > 1:
+            grads = [mean_over_ranks(torch.cat([g.flatten() for g in grads]))]
+        norms[name] = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
     return norms
 
 
@@ -123,36 +139,44 @@ def _optimizer(groups: list[dict], cfg: TrainParams) -> torch.optim.Optimizer:
     return _sgd(groups, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
 
 
-def _train_epoch(student, teacher_fn, loss_fn, optimizer, scaler, train: Loader, epoch: int, lr_of_step,
-                 desc: str, grad_params: list, use_amp: bool, after_step=None, regularisers=None) -> dict:
-    """One pass over the training set: forward, sum the named terms, step. Returns the epoch's means."""
+def _forward(student, teacher_fn, loss_fn, regularisers=None) -> Callable:
+    """One step's forward: (the student's logits, detached; the named loss terms)."""
+    def forward(x, y, idx, epoch):
+        s_out = student(x)
+        t_out = None
+        if teacher_fn is not None:
+            with torch.no_grad():
+                t_out = teacher_fn(x, idx, epoch)
+        terms = loss_fn(s_out, t_out, y, idx, epoch)
+        if regularisers is not None:  # the student's own terms (e.g. VAM's gate entropy)
+            terms = {**terms, **regularisers()}
+        return s_out[0].detach(), terms
+    return forward
+
+
+def _train_epoch(forward, optimizer, scaler, train: Loader, epoch: int, lr_of_step, desc: str, grad_params: list,
+                 use_amp: bool, world: World, after_step=None) -> dict:
+    """One pass over the training set (this rank's share of it): forward, sum the named terms, step.
+    Returns the epoch's means over all ranks."""
     device = train.images.device
     steps = len(train)
     sums: dict[str, float] = {}
     grad_norms: dict[str, float] = {}
     correct = seen = 0
     t0 = time.perf_counter()
-    for step, (x, y, idx) in enumerate(tqdm(train.batches(epoch), total=steps, desc=desc, leave=False,
-                                            disable=None)):
+    for step, (x, y, idx) in enumerate(_bar(train.batches(epoch, world.rank, world.size), world, steps, desc)):
         lr = lr_of_step(step / steps)
         for group in optimizer.param_groups:
             frozen = epoch <= group.get("frozen_epochs", 0)
             group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-            s_out = student(x)
-            t_out = None
-            if teacher_fn is not None:
-                with torch.no_grad():
-                    t_out = teacher_fn(x, idx, epoch)
-            terms = loss_fn(s_out, t_out, y, idx, epoch)
-            if regularisers is not None:  # the student's own terms (e.g. VAM's gate entropy)
-                terms = {**terms, **regularisers()}
+            logits, terms = forward(x, y, idx, epoch)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {step}; "
                                      "lower the learning rate or the method's weights")
         if step == 0:
-            grad_norms = term_grad_norms(terms, grad_params)
+            grad_norms = term_grad_norms(terms, grad_params, world)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -162,11 +186,14 @@ def _train_epoch(student, teacher_fn, loss_fn, optimizer, scaler, train: Loader,
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-        correct += int((s_out[0].detach().argmax(1) == y).sum())
+        correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     seconds = time.perf_counter() - t0
+    # Each rank's terms are means over its share of a batch, all shares the same size: the mean over
+    # steps and ranks is the global one. Counts are added up.
+    *totals, correct, seen = world.sum([*sums.values(), correct, seen])
     return {
-        **{f"train/{k}": v / steps for k, v in sums.items()},
+        **{f"train/{k}": v / (steps * world.size) for k, v in zip(sums, totals)},
         **{f"gradnorm/{k}": v for k, v in grad_norms.items()},
         "train/top1": 100.0 * correct / max(seen, 1),
         "images_per_s": seen / max(seconds, 1e-9),
@@ -174,14 +201,15 @@ def _train_epoch(student, teacher_fn, loss_fn, optimizer, scaler, train: Loader,
     }
 
 
-def _seed_epoch(seed: int, epoch: int, stream: int) -> None:
+def _seed_epoch(seed: int, epoch: int, stream: int, rank: int) -> None:
     # Anything stochastic inside a step (dropout, a method's sampling) is seeded per epoch, so a resumed
-    # run continues exactly as an uninterrupted one.
-    torch.manual_seed(epoch_generator(seed, epoch, stream=stream).initial_seed())
+    # run continues exactly as an uninterrupted one; per rank too, so that ranks draw independently
+    # (rank 0 draws what one process does).
+    torch.manual_seed(epoch_generator(seed, epoch, stream=stream).initial_seed() + rank)
 
 
 def _run_phases(method, student, teacher_fn, train: Loader, seed: int, name: str, use_amp: bool,
-                on_epoch) -> dict[str, list[dict]]:
+                on_epoch, world: World) -> dict[str, list[dict]]:
     """The method's extra phases (e.g. FT's paraphraser pre-training), before the main training."""
     out = {}
     for n, phase in enumerate(method.phases()):
@@ -191,21 +219,23 @@ def _run_phases(method, student, teacher_fn, train: Loader, seed: int, name: str
             p.requires_grad_(True)
         optimizer = _sgd(phase.parameters, phase.lr, phase.momentum, False, phase.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        forward = replicate(_forward(student, teacher_fn, phase.losses), phase.parameters, world)
         student.eval()  # the student is not trained in a phase unless the phase lists its parameters
         records = []
         for epoch in range(1, phase.epochs + 1):
-            _seed_epoch(seed, epoch, stream=100 + n)
+            _seed_epoch(seed, epoch, 100 + n, world.rank)
             for module in phase.train_modules:
                 module.train()
-            rec = _train_epoch(student, teacher_fn, phase.losses, optimizer, scaler, train, epoch,
-                               lambda _: phase.lr, f"{name} {phase.name} {epoch}/{phase.epochs}",
-                               phase.parameters, use_amp)
+            rec = _train_epoch(forward, optimizer, scaler, train, epoch, lambda _: phase.lr,
+                               f"{name} {phase.name} {epoch}/{phase.epochs}", phase.parameters, use_amp, world)
+            world.average_batchnorm(student, method)  # a phase may train BatchNorms (feat_mse's lower stages)
             rec = {f"phase/{phase.name}/{k}": v for k, v in rec.items()}
             records.append(rec)
-            print(f"[{name}] phase {phase.name} epoch {epoch}/{phase.epochs} "
-                  f"loss {rec[f'phase/{phase.name}/train/loss']:.4f}", file=sys.stderr, flush=True)
-            if on_epoch is not None:
-                on_epoch({"epoch": epoch, **rec})
+            if world.main:
+                print(f"[{name}] phase {phase.name} epoch {epoch}/{phase.epochs} "
+                      f"loss {rec[f'phase/{phase.name}/train/loss']:.4f}", file=sys.stderr, flush=True)
+                if on_epoch is not None:
+                    on_epoch({"epoch": epoch, **rec})
         out[phase.name] = records
         for p, flag in zip(phase.parameters, flags):
             p.requires_grad_(flag)
@@ -228,7 +258,10 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     (LTB's routing temperature) and ``epoch_diagnostics()`` merged into each epoch's record.
     The weight distance of every student layer (Cheng et al.'s learning-effort measure) is recorded over
     the main training, from the weights it starts with (after any extra phase) as epoch 0.
+    Under torchrun (engine/distributed.py) every rank calls ``fit`` alike and gets the same global
+    records; rank 0 alone prints, writes checkpoints and calls ``on_epoch``.
     """
+    world = current_world()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     device = train.images.device
@@ -256,34 +289,43 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         result.history = json.loads(state["history"])
         start_epoch = state["epoch"] + 1
         result.resumed_from = state["epoch"]
-        print(f"[{name}] resuming from {last} after epoch {state['epoch']}", file=sys.stderr)
+        if world.main:
+            print(f"[{name}] resuming from {last} after epoch {state['epoch']}", file=sys.stderr)
+    if world.broadcast(start_epoch) != start_epoch:
+        raise KdlensError(f"{last}: rank {world.rank} does not see rank 0's checkpoint (resuming on several "
+                          "nodes needs a work directory they share)")
     for path in sorted(work_dir.glob("epoch_*.pt")):
         result.kept[int(path.stem.split("_")[1])] = path
     if start_epoch == 1:
-        result.phases = _run_phases(method, student, live, train, seed, name, use_amp, on_epoch)
+        result.phases = _run_phases(method, student, live, train, seed, name, use_amp, on_epoch, world)
     # Epoch 0 is the weights the main training starts from (after any extra phase), for the kept
     # checkpoint and the weight distance alike.
-    if 0 in cfg.keep_epochs and 0 not in result.kept:
+    if 0 in cfg.keep_epochs and 0 not in result.kept and world.main:
         result.kept[0] = _keep(work_dir, student, method, 0)
     distance = WeightDistance(student)
     if state is not None:
         distance.load_state_dict(state["weight_distance"])
+    forward = replicate(_forward(student, teacher_outputs or live, method.losses, regularisers),
+                        [p for group in optimizer.param_groups for p in group["params"]], world)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
-        _seed_epoch(seed, epoch, stream=1)
+        _seed_epoch(seed, epoch, 1, world.rank)
         if hasattr(student, "start_epoch"):
             student.start_epoch(epoch)
         student.train()
         method.train()
-        rec = _train_epoch(student, teacher_outputs or live, method.losses, optimizer, scaler, train, epoch,
-                           lambda frac, e=epoch: lr_at(cfg, e - 1 + frac), f"{name} {epoch}/{cfg.epochs}",
-                           student_params, use_amp, after_step=distance.after_step, regularisers=regularisers)
+        rec = _train_epoch(forward, optimizer, scaler, train, epoch, lambda frac, e=epoch: lr_at(cfg, e - 1 + frac),
+                           f"{name} {epoch}/{cfg.epochs}", student_params, use_amp, world,
+                           after_step=distance.after_step)
         distance.end_epoch()
-        ev = evaluate(student, test, desc=f"{name} test")
+        world.average_batchnorm(student, method)
+        ev = evaluate(student, test, desc=f"{name} test", world=world)
         record = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), **rec,
                   "test/top1": ev["top1"], "test/top5": ev["top5"], "test/loss": ev["loss"],
                   **(student.epoch_diagnostics() if hasattr(student, "epoch_diagnostics") else {})}
         result.history.append(record)
+        if not world.main:
+            continue
         print(f"[{name}] epoch {epoch}/{cfg.epochs} loss {record['train/loss']:.4f} "
               f"train {record['train/top1']:.2f}% test {ev['top1']:.2f}% "
               f"({record['images_per_s']:.0f} img/s)", file=sys.stderr, flush=True)

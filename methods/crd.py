@@ -50,6 +50,10 @@ Deviations from the references, and why:
 * The banks are not updated when the method is in eval mode. Scores and the loss run in float32 with
   autocast off (exp(1/0.07) overflows float16).
 * A training set of a single class has no negatives: MethodNotApplicable. CRD needs ``ctx.train_labels``.
+* Across training processes (torchrun, engine/distributed.py) each rank holds the whole banks and scores
+  its share of the batch; every rank applies the rows of the whole global batch (gathered) and Z is the
+  mean over the ranks' first shares, so the banks and Z are the same on every rank and match one process.
+  Negatives are drawn per rank (the trainer seeds the ranks apart).
 """
 from __future__ import annotations
 
@@ -63,7 +67,7 @@ from torch import nn
 from models.base import feature_shapes
 
 from .base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
-from .common import full_precision
+from .common import full_precision, gather_rows, mean_over_ranks
 from .registry import register
 
 NCE_EPS = 1e-7
@@ -166,6 +170,7 @@ class CRD(Method):
     @torch.no_grad()
     def _update_memory(self, index: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
         m = self.params.momentum
+        index, v_s, v_t = gather_rows(index, v_s, v_t)  # the global batch's rows, on every rank
         for name, v in (("memory_s", v_s), ("memory_t", v_t)):
             bank = getattr(self, name)
             rows = bank.index_select(0, index) * m + v.detach().to(bank.dtype) * (1.0 - m)
@@ -183,7 +188,7 @@ class CRD(Method):
             with torch.no_grad():
                 for j, e in enumerate((e_s, e_t)):
                     if float(self.nce_z[j]) <= 0:  # first batch: fix Z = mean score * N_train
-                        self.nce_z[j] = e.mean() * self.ctx.num_train
+                        self.nce_z[j] = mean_over_ranks(e.mean()) * self.ctx.num_train
             self._z_fixed = True
         z = self.nce_z.clone()
         loss = nce_loss(e_s / z[0], self.ctx.num_train) + nce_loss(e_t / z[1], self.ctx.num_train)

@@ -16,7 +16,8 @@ def main() -> None:
         teacher_path=role_dir("teacher") / "model.pt", supervision_path=SUPERVISION,
         structure=p.student.structure, vam=p.vam, teacher_cache_path=TEACHER_CACHE,
         params_slice={"seed": p.seed, "method": p.method, "student": p.student.model_dump(),
-                      f"methods.{p.method}": method_params.model_dump(), "vam": p.vam.model_dump()}))
+                      f"methods.{p.method}": method_params.model_dump(), "vam": p.vam.model_dump()},
+        trainer=p.trainer))
 
 
 if __name__ == "__main__":

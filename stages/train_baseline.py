@@ -13,7 +13,7 @@ def main() -> None:
         method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("baseline"),
         metrics_path=METRICS / "baseline.json", curves_path=CURVES / "baseline.json", structure=p.student.structure,
         params_slice={"seed": p.seed, "student": p.student.model_dump(),
-                      "methods.ce": p.method_params("ce").model_dump()}))
+                      "methods.ce": p.method_params("ce").model_dump()}, trainer=p.trainer))
 
 
 if __name__ == "__main__":

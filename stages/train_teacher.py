@@ -12,7 +12,8 @@ def main() -> None:
         stage="train_teacher", arch=p.teacher.arch, train=p.teacher.train, seed=p.teacher.seed,
         method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("teacher"),
         metrics_path=METRICS / "teacher.json", curves_path=CURVES / "teacher.json",
-        params_slice={"teacher": p.teacher.model_dump(), "methods.ce": p.method_params("ce").model_dump()}))
+        params_slice={"teacher": p.teacher.model_dump(), "methods.ce": p.method_params("ce").model_dump()},
+        trainer=p.trainer, role="teacher"))
 
 
 if __name__ == "__main__":
