@@ -8,7 +8,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export MLFLOW_DISABLE_TELEMETRY := true
 UI_PORT ?= 5000
 
-.PHONY: install repro test ui
+.PHONY: install repro test ui server
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,15 @@ test: install
 ui: install
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(UI_PORT) --workers 1 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts
+
+# The team's tracking server: runs in PostgreSQL, artifacts uploaded through the server (proxied), so
+# clients need only MLFLOW_TRACKING_URI=http://<host>:$(SERVER_PORT) and no database or storage
+# credentials. The database password stays out of the URI (and `ps`): libpq reads ~/.pgpass or
+# PGPASSWORD. ARTIFACTS may be s3://bucket/prefix (pip install boto3; AWS_* in the server's environment).
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+DB_URI      ?= postgresql+psycopg2://mlflow@127.0.0.1:5432/mlflow
+ARTIFACTS   ?= $(CURDIR)/mlartifacts
+server: install
+	$(BIN)/mlflow server --host $(SERVER_HOST) --port $(SERVER_PORT) --workers 2 \
+	  --backend-store-uri $(DB_URI) --serve-artifacts --artifacts-destination $(ARTIFACTS)

@@ -279,7 +279,7 @@ def _train_job(job: TrainJob) -> dict:
         write_json(job.curves_path, history)
         write_json(job.metrics_path, summary)
         run.log_artifact(job.metrics_path)
-        run.log_artifact(job.curves_path)
+        run.log_artifact(job.curves_path, "curves")  # same file name as the summary: keep both
         run.log_figure(training_curves({job.stage: history}), "plots/training_curves.png")
     return summary
 

@@ -3,8 +3,10 @@
 * Tracking URI: ``MLFLOW_TRACKING_URI`` when set, else SQLite at an **absolute** path under the project
   root (``$DVC_ROOT``, which DVC sets to the parent repo even inside ``--temp``/``--queue`` runs, whose
   working directory is deleted afterwards).
-* One experiment per dataset (``kdlens-<dataset>``), created with an absolute artifact location, so the
-  students of every method sit side by side in the UI.
+* One experiment per dataset (``kdlens-<dataset>``), so the students of every method sit side by side in
+  the UI. In a local store it is created with an absolute artifact location; on a tracking server
+  (``http(s)://``) with none, so the server's own (proxied, ``mlflow-artifacts:/``) store applies and
+  every client's artifacts land there rather than on the machine that happened to create it.
 * Tracking is a side effect, never an output: if MLflow fails, the stage warns and carries on.
 """
 from __future__ import annotations
@@ -39,6 +41,12 @@ def git_commit() -> str:
     except OSError:
         pass
     return os.environ.get("DVC_EXP_BASELINE_REV", "")
+
+
+def _artifact_location() -> str | None:
+    if tracking_uri().startswith(("http://", "https://")):
+        return None
+    return (project_root() / "mlartifacts").as_uri()
 
 
 class StageRun:
@@ -77,8 +85,7 @@ class StageRun:
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:
                 try:
-                    artifacts = (project_root() / "mlartifacts").as_uri()
-                    mlflow.create_experiment(name, artifact_location=artifacts)
+                    mlflow.create_experiment(name, artifact_location=_artifact_location())
                 except Exception:  # a parallel stage created it first
                     pass
                 exp = mlflow.get_experiment_by_name(name)

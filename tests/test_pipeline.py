@@ -28,8 +28,9 @@ def _env(repo: Path) -> dict:
     return env
 
 
-def _run(repo, *cmd, check=True):
-    out = subprocess.run(cmd, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=900)
+def _run(repo, *cmd, check=True, env=None):
+    out = subprocess.run(cmd, cwd=repo, env={**_env(repo), **(env or {})}, capture_output=True, text=True,
+                         timeout=900)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
     return out
@@ -234,7 +235,8 @@ def test_make_ui_serves_the_project_store(repo):
         server.wait(timeout=30)
 
 
-SWEEP = ("at", "dkd")  # methods no earlier test ran, so both experiments execute and log fresh runs
+SWEEP = ("at", "dkd", "sp", "pkt")  # methods no earlier test ran, so every experiment executes and logs
+PER_EXPERIMENT = ["distill", "estimate_sigma@student", "report"]  # what a change of method re-runs
 
 
 def test_unselected_method_params_rerun_nothing(repo):
@@ -265,6 +267,7 @@ def _exp_rows(shown):
 
 
 def test_queued_sweep_compares_methods_in_dvc_and_mlflow(repo):
+    """Four experiments on two queue workers, every worker logging into the one tracking store: no run lost."""
     import time
 
     before = {r.info.run_id for r in _runs(repo)[1]}
@@ -282,6 +285,12 @@ def test_queued_sweep_compares_methods_in_dvc_and_mlflow(repo):
     for method in SWEEP:
         assert isinstance(top1.get(method), float), (method, top1)
     new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
+    stages = {}
+    for r in new:
+        stages.setdefault(r.data.tags["dvc.exp_name"], []).append(r.data.tags["kdlens.stage"])
+    names = {p.get("method"): name for name, p, _ in rows}
+    assert sorted(stages) == sorted(names[m] for m in SWEEP), (stages, names)  # the experiments exp show lists
+    assert all(sorted(s) == PER_EXPERIMENT for s in stages.values()), stages  # each stage's run, once
     distills = {r.data.tags["kdlens.method"]: r for r in new if r.data.tags["kdlens.stage"] == "distill"}
     assert sorted(distills) == sorted(SWEEP)
     for method, run in distills.items():

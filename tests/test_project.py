@@ -22,8 +22,10 @@ def test_tracking_store_is_absolute_under_dvc_root(monkeypatch, tmp_path):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.chdir(ROOT)  # a queued experiment's cwd is elsewhere: the store must not follow it
     assert tracking.tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert tracking._artifact_location() == (tmp_path.resolve() / "mlartifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking._artifact_location() is None  # a server keeps artifacts in its own (proxied) store
 
 
 def test_tracking_failure_is_a_warning_not_an_error(monkeypatch, tmp_path):
