@@ -21,7 +21,7 @@ repro: install
 	$(BIN)/dvc repro
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 # The MLflow UI for this project's tracking store, on 127.0.0.1 only.
 ui: install

@@ -24,7 +24,8 @@ def _env(repo: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
                GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               TQDM_DISABLE="1")
+               TQDM_DISABLE="1",
+               OMP_NUM_THREADS="1")  # `make test` runs two test files at once: one thread per stage
     return env
 
 
