@@ -47,11 +47,8 @@ def teacher_locations(teacher_path: Path, data_dir: Path, arch: str, batch_size:
         from engine.datasets import BUILDERS
         from engine.params import DataParams
 
-        train, test, classes, info = BUILDERS["scenes"](DataParams())
-        x = train.images.astype(np.float64) / 255.0
-        card = {"classes": classes, "mean": x.mean(axis=(0, 2, 3)).tolist(), "std": x.std(axis=(0, 2, 3)).tolist(),
-                "name": "scenes"}
-        data = store.Prepared(train=train, test=test, card=card)
+        train, test, classes, _ = BUILDERS["scenes"](DataParams())
+        data = store.in_memory(train, test, classes, "scenes")
         source = "scenes (default params, built in memory)"
     if teacher_path.is_file():
         teacher = load_model(teacher_path, dev)

@@ -8,7 +8,7 @@ import torch
 import methods
 import models
 from engine.datasets import BUILDERS
-from engine.datasets.store import Prepared
+from engine.datasets.store import in_memory
 from engine.errors import KdlensError
 from engine.jobs import train_network
 from engine.params import DataParams, ScenesParams, StructureParams, TrainParams
@@ -17,10 +17,7 @@ from engine.params import DataParams, ScenesParams, StructureParams, TrainParams
 @pytest.fixture(scope="module")
 def data():
     train, test, classes, _ = BUILDERS["scenes"](DataParams(scenes=ScenesParams(n_train=96, n_test=48)))
-    x = train.images.astype(np.float64) / 255.0
-    card = {"classes": classes, "mean": x.mean(axis=(0, 2, 3)).tolist(), "std": x.std(axis=(0, 2, 3)).tolist(),
-            "name": "scenes"}
-    return Prepared(train=train, test=test, card=card)
+    return in_memory(train, test, classes, "scenes")
 
 
 def _structure(tree_from="own"):

@@ -3,14 +3,13 @@ trained with the live (BN-folded) teacher; top-k storage keeps the top-k probabi
 a cache for other views is not used, and says why."""
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import methods
 import models
 from engine.datasets import BUILDERS
-from engine.datasets.store import Prepared
+from engine.datasets.store import in_memory
 from engine.jobs import loaders, train_network
 from engine.params import DataParams, ScenesParams, TrainParams
 from engine.teacher import TeacherCache, Views, build_cache, frozen_teacher, open_cache
@@ -22,10 +21,7 @@ CFG = TrainParams(epochs=2, batch_size=32, lr=0.05)
 @pytest.fixture(scope="module")
 def data():
     train, test, classes, _ = BUILDERS["scenes"](DataParams(scenes=ScenesParams(n_train=96, n_test=48)))
-    x = train.images.astype(np.float64) / 255.0
-    card = {"classes": classes, "mean": x.mean(axis=(0, 2, 3)).tolist(), "std": x.std(axis=(0, 2, 3)).tolist(),
-            "name": "scenes"}
-    return Prepared(train=train, test=test, card=card)
+    return in_memory(train, test, classes, "scenes")
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,18 @@ def _arrays(split: Split) -> dict[str, np.ndarray]:
     return out
 
 
+def normalisation(train: Split) -> dict[str, list[float]]:
+    """Per-channel mean and std of the training images in [0, 1] (the test split never enters them)."""
+    x = train.images.astype(np.float64) / 255.0
+    return {"mean": [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))],
+            "std": [round(float(v), 6) for v in x.std(axis=(0, 2, 3))]}
+
+
+def in_memory(train: Split, test: Split, classes: list[str], name: str) -> Prepared:
+    """A ``Prepared`` straight from a builder's splits, never written (benchmarks and tests)."""
+    return Prepared(train=train, test=test, card={"classes": list(classes), "name": name, **normalisation(train)})
+
+
 def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[str], info: dict) -> dict:
     """Write both splits and the card into ``out_dir`` atomically (a temp dir renamed at the end)."""
     with atomic_dir(out_dir) as tmp:
@@ -83,7 +95,6 @@ def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[
                 np.save(tmp / fname, np.ascontiguousarray(arr), allow_pickle=False)
                 digest.update((tmp / fname).read_bytes())
                 files[fname] = list(arr.shape)
-        x = train.images.astype(np.float64) / 255.0
         card = {
             "classes": list(classes),
             "num_classes": len(classes),
@@ -96,9 +107,7 @@ def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[
             },
             "has_masks": train.masks is not None and test.masks is not None,
             "mask_counts": {"train": int(train.masked.sum()), "test": int(test.masked.sum())},
-            # Normalisation statistics come from the training split only.
-            "mean": [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))],
-            "std": [round(float(v), 6) for v in x.std(axis=(0, 2, 3))],
+            **normalisation(train),
             "files": files,
             "sha256": digest.hexdigest(),
             **info,
