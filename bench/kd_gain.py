@@ -47,16 +47,16 @@ def main() -> None:
             _, test = loaders(data, p.teacher.train, p.teacher.seed, device())
             teacher_top1 = evaluate(teacher, test)["top1"]
         else:
-            teacher, _, res = train_network(p.teacher.arch, p.teacher.train, p.teacher.seed, "ce",
-                                            p.method_params("ce"), data, tmp / "teacher", name="teacher")
-            teacher_top1 = res.final["test/top1"]
+            trained = train_network(p.teacher.arch, p.teacher.train, p.teacher.seed, "ce", p.method_params("ce"),
+                                    data, tmp / "teacher", name="teacher")
+            teacher, teacher_top1 = trained.student, trained.result.final["test/top1"]
         rows = []
         for seed in range(p.seed, p.seed + args.seeds):
             accs = {}
             for arm, m, t in (("baseline", "ce", None), ("student", method, teacher)):
-                _, _, res = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
-                                          tmp / f"{arm}-{seed}", teacher=t, name=f"{arm} seed {seed}")
-                accs[arm] = res.final["test/top1"]
+                trained = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
+                                        tmp / f"{arm}-{seed}", teacher=t, name=f"{arm} seed {seed}")
+                accs[arm] = trained.result.final["test/top1"]
             rows.append((seed, accs["baseline"], accs["student"]))
             print(f"seed {seed}: baseline {accs['baseline']:.2f}%  {method} {accs['student']:.2f}%  "
                   f"gain {accs['student'] - accs['baseline']:+.2f}", flush=True)

@@ -1,0 +1,48 @@
+"""The benchmark scripts run end to end on tiny sizes and print their documented last line.
+
+They are not timed here (their ratios are measured by hand on a quiet machine, README "Tests and
+benchmarks"); this only keeps them working as the library they call changes.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from conftest import ROOT, tiny_params
+
+
+def _bench(*args, cwd=ROOT) -> str:
+    out = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_kd_gain_reports_mean_and_std_over_seeds(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params()))
+    last = _bench(str(ROOT / "bench/kd_gain.py"), "--params", str(params), "--seeds", "2", "--method", "kd")
+    assert re.fullmatch(r"gain [+-]\d+\.\d\d ± \d+\.\d\d over 2 seeds \(teacher [\d.]+%, baseline [\d.]+%, "
+                        r"student [\d.]+%\)", last), last
+
+
+def test_methods_prints_the_slowest_method():
+    last = _bench(str(ROOT / "bench/methods.py"), "--pair", "resnet20,resnet8", "--batch", "8", "--steps", "2",
+                  "--methods", "kd,at")
+    assert re.fullmatch(r"slowest (kd|at) \(resnet20->resnet8\) \d+\.\d\dx", last), last
+
+
+def test_sigma_prints_speedup_and_map_difference():
+    last = _bench(str(ROOT / "bench/sigma.py"), "--n", "2", "--noise-batch", "4", "--steps", "4",
+                  "--probe-step", "3")
+    match = re.fullmatch(r"speedup \d+\.\d\d max_abs_diff (\S+)", last)
+    assert match and float(match[1]) < 1e-4, last  # batched and one-image maps are the same maps
+
+
+def test_kmeans_prints_speedup_and_inertia_ratio():
+    last = _bench(str(ROOT / "bench/kmeans.py"), "--teacher", "none", "--data", "none", "--arch", "resnet8",
+                  "--k", "8", "--iterations", "3", "--max-points", "2000")
+    match = re.fullmatch(r"speedup \d+\.\d\d inertia_ratio (\d+\.\d+)", last)
+    assert match and 0.8 < float(match[1]) < 1.25, last  # both found a comparable clustering
