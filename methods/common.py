@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -118,7 +119,6 @@ def full_precision(fn):
 
 
 # --- state that must see the global batch across training processes (gather_rows / mean_over_ranks) ---
-import torch.distributed as dist  # noqa: E402
 
 
 def _ranks() -> int:
