@@ -99,13 +99,13 @@ def _svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             lam, vecs = torch.linalg.eigh(gram)  # ascending
     except RuntimeError:  # torch.linalg.LinAlgError: no convergence
         return x.new_zeros(x.shape[0], r), x.new_zeros(x.shape[0], c, r)
-    s = lam.flip(-1)[..., :r].clamp_min(0).sqrt().to(x.dtype)  # descending
+    s = lam.flip(-1)[..., :r].clamp_min(0).sqrt()  # descending
     if c > m:
         alive = s > s[..., :1] * 1e-6
-        v = (xt @ vecs.flip(-1).to(x.dtype)) / torch.where(alive, s, torch.ones_like(s))[..., None, :]
+        v = (xt @ vecs.flip(-1)) / torch.where(alive, s, torch.ones_like(s))[..., None, :]
         v = v * alive[..., None, :]
     else:
-        v = vecs.flip(-1)[..., :r].to(x.dtype)
+        v = vecs.flip(-1)[..., :r]
     sign = torch.where(v.sum(dim=-2, keepdim=True) < 0, -1.0, 1.0).to(v.dtype)  # entries sum >= 0
     return _finite(s), _finite(v * sign)
 

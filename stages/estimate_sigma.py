@@ -1,10 +1,10 @@
 """Stage ``estimate_sigma@<role>``: sigma/entropy maps of one network at every kept checkpoint.
 
 ``python -m stages.estimate_sigma baseline|student``. For each checkpoint ``data/<role>/checkpoints/
-epoch_XXX.pt`` ``sigma.n_images`` test images (those with a foreground mask first: ``explain.knowledge.select_images``) get
-their sigma map (explain/sigma.py), with the same seed and image ids for every checkpoint and both models
-(common random numbers). Writes ``data/sigma/<role>/sigma.npz`` (deterministic
-bytes) and ``metrics/sigma_<role>.json``; logs a few sigma heat maps to MLflow.
+epoch_XXX.pt`` ``sigma.n_images`` test images (those with a foreground mask first:
+``explain.knowledge.select_images``) get their sigma map (explain/sigma.py), with the same seed and image
+ids for every checkpoint and both models (common random numbers). Writes ``data/sigma/<role>/sigma.npz``
+(deterministic bytes) and ``metrics/sigma_<role>.json``; logs a few sigma heat maps to MLflow.
 """
 from __future__ import annotations
 
