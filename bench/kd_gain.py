@@ -55,7 +55,8 @@ def main() -> None:
             accs = {}
             for arm, m, t in (("baseline", "ce", None), ("student", method, teacher)):
                 trained = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
-                                        tmp / f"{arm}-{seed}", teacher=t, name=f"{arm} seed {seed}")
+                                        tmp / f"{arm}-{seed}", teacher=t, name=f"{arm} seed {seed}",
+                                        compile_teacher=p.trainer.compile_teacher)
                 accs[arm] = trained.result.final["test/top1"]
             rows.append((seed, accs["baseline"], accs["student"]))
             print(f"seed {seed}: baseline {accs['baseline']:.2f}%  {method} {accs['student']:.2f}%  "

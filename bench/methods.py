@@ -4,7 +4,8 @@ For each registered method: the median wall time of one full training step (stud
 teacher forward, the method's losses, backward, SGD step) divided by the same for ``ce``, the two
 alternated step by step in this one run (a shared machine's load then hits both alike), and the
 method's extra parameter count (connectors, embeddings, memory banks). The teacher
-runs as the trainer runs it: BN-folded, eval mode (engine/teacher.py). Two more columns:
+runs as the trainer runs it by default: BN-folded, eval mode, compiled (engine/teacher.py;
+``--no-compile-teacher`` = ``trainer.compile_teacher: false``). Two more columns:
 
 * ``cache``: the same ratio when the teacher's logits come from the teacher-output cache (stage
   ``cache_teacher``; only for the methods that read nothing else: kd, dkd);
@@ -12,7 +13,7 @@ runs as the trainer runs it: BN-folded, eval mode (engine/teacher.py). Two more 
   kind (issue 9); where it gave a range for a group of methods the upper end is used.
 
     python bench/methods.py [--pair resnet56,resnet20 | --pair resnet32x4,resnet8x4 | --pair both]
-                            [--batch 64] [--steps 10] [--methods kd,dkd,...]
+                            [--batch 64] [--steps 12] [--methods kd,dkd,...] [--no-compile-teacher]
 
 Goals checked on the last lines (per pair): every method at or below its reference ratio, NST ≤ 3×,
 KD and DKD with the cache ≤ 1.1×. The very last line reads ``slowest <method> <ratio>x``.
@@ -90,7 +91,8 @@ def ratio_to_ce(step, ce_step, steps: int) -> float:
 def bench_pair(teacher_name: str, student_name: str, args) -> dict[str, float]:
     torch.manual_seed(0)
     teacher = models.create(teacher_name, 100).eval()
-    teacher.fast = frozen_teacher(teacher, 32)  # what the trainer runs (methods still see the original)
+    # What the trainer runs (methods still see the original); compiled here, on its first call.
+    teacher.fast = frozen_teacher(teacher, 32, args.compile_teacher)
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.arange(args.batch) % 100
     num_train = 50_000
@@ -100,7 +102,8 @@ def bench_pair(teacher_name: str, student_name: str, args) -> dict[str, float]:
         table[idx] = teacher.fast(x)[0]
     ce_step, _ = training_step("ce", teacher, student_name, x, y, idx, num_train)
     ref = REFERENCE.get((teacher_name, student_name), {})
-    print(f"\n{teacher_name} -> {student_name}, batch {args.batch}, {torch.get_num_threads()} threads")
+    print(f"\n{teacher_name} -> {student_name}, batch {args.batch}, {torch.get_num_threads()} threads, teacher "
+          f"{'compiled' if args.compile_teacher else 'eager'}")
     print(f"{'method':10s} {'step/ce':>8s} {'cache':>7s} {'reference':>9s} {'extra params':>13s}")
     ratios, fails = {}, []
     for name in args.methods.split(","):
@@ -132,6 +135,8 @@ def main() -> None:
     ap.add_argument("--pair", default="both", help="teacher,student or 'both' (the two reference pairs)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=True,
+                    help="the teacher's forward through torch.compile, as trainer.compile_teacher (default on)")
     ap.add_argument("--methods", default=",".join(m for m in methods.names() if not m.startswith("letkd")),
                     help="letkd1/letkd2 need build_supervision's output, so they are not in the default list")
     args = ap.parse_args()

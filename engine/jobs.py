@@ -141,20 +141,22 @@ def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> t
 def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, method_params, data: Prepared,
                   work: Path, teacher=None, name: str = "train", on_epoch=None, supervision=None,
                   structure: StructureParams | None = None, vam: VamParams | None = None,
-                  teacher_cache: tuple[Path, dict] | None = None, sync_bn: bool = False) -> Trained:
+                  teacher_cache: tuple[Path, dict] | None = None, sync_bn: bool = False,
+                  compile_teacher: bool = False) -> Trained:
     """Build a student and its method and train them. A learned-structure student (``ltb``) first learns
     its routing (``structure.train``, stage 1, same method), then keeps the hard tree -- its own or a CE
     stage 1's (``structure.tree_from``) -- and retrains re-initialised weights with ``cfg`` (stage 2).
 
-    The teacher runs BN-folded (engine/teacher.py). ``teacher_cache`` = (cache dir, the data's and
-    teacher's SHA-256): a logit-only method's main training reads the cached logits instead, if the
-    cache holds exactly this training's views; ``Trained.teacher_source`` says which was used and why.
+    The teacher runs BN-folded (engine/teacher.py), its forward compiled if ``compile_teacher``.
+    ``teacher_cache`` = (cache dir, the data's and teacher's SHA-256): a logit-only method's main training
+    reads the cached logits instead, if the cache holds exactly this training's views;
+    ``Trained.teacher_source`` says which was used and why.
     ``sync_bn``: across processes, the student's and the method's BatchNorms become SyncBatchNorm.
     """
     dev = device()
     student = new_student(arch, data, seed, vam, dev)
     train, test = loaders(data, cfg, seed, dev)
-    fast = frozen_teacher(teacher, data.train.images.shape[-1]) if teacher is not None else None
+    fast = frozen_teacher(teacher, data.train.images.shape[-1], compile_teacher) if teacher is not None else None
     cached, source = None, "none"
     if fast is not None:
         source = "live"
@@ -233,7 +235,8 @@ def _train_job(job: TrainJob) -> dict:
         inputs["supervision_sha256"] = supervision["card"]["sha256"]
     key = params_hash({**job.params_slice, **inputs})
     logged = {**flatten(job.params_slice), **{f"input.{k}": v[:12] for k, v in inputs.items()},
-              "device": str(dev), "trainer.nproc": world.size, "trainer.sync_bn": job.trainer.sync_bn}
+              "device": str(dev), "trainer.nproc": world.size, "trainer.sync_bn": job.trainer.sync_bn,
+              **({"trainer.compile_teacher": job.trainer.compile_teacher} if use_teacher else {})}
     with StageRun(job.stage, card["name"], logged, key, method=job.method) as run, work_dir(job.stage, key) as wd:
         run.log_metrics(counts)
         trained = train_network(
@@ -241,7 +244,8 @@ def _train_job(job: TrainJob) -> dict:
             on_epoch=lambda rec: run.log_metrics(rec, step=rec["epoch"]), supervision=supervision,
             structure=job.structure, vam=job.vam,
             teacher_cache=(job.teacher_cache_path, {k: inputs[k] for k in ("data_sha256", "teacher_sha256")})
-            if job.teacher_cache_path else None, sync_bn=job.trainer.sync_bn)
+            if job.teacher_cache_path else None, sync_bn=job.trainer.sync_bn,
+            compile_teacher=job.trainer.compile_teacher)
         if not world.main:
             return {}  # rank 0 writes the outputs and logs them; the others wait (distributed.process_group)
         student, method, result = trained.student, trained.method, trained.result

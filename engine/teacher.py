@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,22 +37,49 @@ CARD = "card.json"
 
 
 class FrozenTeacher(torch.nn.Module):
-    """The teacher as a student's training runs it: eval mode, BN folded, no grads, channels-last
-    convolutions (measured on this CPU, batch 64: resnet56 100 → 74 ms, resnet32x4 500 → 438 ms per
-    forward). Its feature maps are handed back contiguous, so no method sees a new memory layout."""
+    """The teacher as a student's training runs it: eval mode, BN folded, no grads, and either
 
-    def __init__(self, teacher: torch.nn.Module, input_size: int):
+    * ``compiled``: its forward through ``torch.compile`` (inductor: fused pointwise ops, its own conv
+      layouts, maps handed back in eager strides; one compile per batch shape, seconds), or
+    * eager, channels-last convolutions, the maps copied back contiguous.
+
+    Either way no method sees a new memory layout. Measured on this CPU, batch 64, ms per forward,
+    eager unfolded / eager folded channels-last / compiled: resnet56 ≈ 130 / 115 / 84–96, resnet20
+    ≈ 50 / 44 / 30, resnet32x4 ≈ 800 / 716 / 610–640."""
+
+    def __init__(self, teacher: torch.nn.Module, input_size: int, compiled: bool = False):
         super().__init__()
-        self.net = fold_batchnorm(teacher, input_size)[0].to(memory_format=torch.channels_last)
+        self.net = fold_batchnorm(teacher, input_size)[0]
+        if compiled:
+            # A compiled bound method, not a submodule: the weights stay registered once, under ``net``.
+            self._run = torch.compile(self.net.forward, dynamic=False)
+        else:
+            self._use_eager()
 
-    def forward(self, x: torch.Tensor):
+    def _use_eager(self) -> None:
+        self.net.to(memory_format=torch.channels_last)
+        self._run = self._eager
+
+    def _eager(self, x: torch.Tensor):
         logits, f = self.net(x.contiguous(memory_format=torch.channels_last))
         return logits, Features(stem=f.stem.contiguous(), stages=[s.contiguous() for s in f.stages],
                                 preact=[s.contiguous() for s in f.preact], pooled=f.pooled)
 
+    def forward(self, x: torch.Tensor):
+        try:
+            return self._run(x)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            # No working C++ compiler (CPU) or Triton (CUDA): the same outputs, uncompiled, are better
+            # than a failed run; say why once.
+            warnings.warn(f"trainer.compile_teacher: torch.compile failed ({str(e).strip().splitlines()[0]}); "
+                          "the teacher runs uncompiled (set trainer.compile_teacher: false to skip the attempt)",
+                          stacklevel=2)
+            self._use_eager()
+            return self._run(x)
 
-def frozen_teacher(teacher: torch.nn.Module, input_size: int) -> FrozenTeacher:
-    return FrozenTeacher(teacher, input_size).eval()
+
+def frozen_teacher(teacher: torch.nn.Module, input_size: int, compiled: bool = False) -> FrozenTeacher:
+    return FrozenTeacher(teacher, input_size, compiled).eval()
 
 
 @dataclass(frozen=True)

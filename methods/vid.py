@@ -45,9 +45,12 @@ from .registry import register
 
 
 def vid_loss(mu: torch.Tensor, target: torch.Tensor, pred_var: torch.Tensor) -> torch.Tensor:
-    """Gaussian NLL without the constant: mean of 1/2 ((mu-t)^2/var + log var); var is per channel [C]."""
-    var = pred_var.view(1, -1, *([1] * (mu.dim() - 2)))
-    return (0.5 * ((mu - target).pow(2) / var + var.log())).mean()
+    """Gaussian NLL without the constant: mean of 1/2 ((mu-t)^2/var + log var); var is per channel [C].
+    Every channel has the same B*H*W entries, so that is the mean over channels of
+    1/2 (mean_{b,h,w} (mu-t)^2 / var_c + log var_c): the division and the log act on [C], not on the map
+    (resnet32x4 -> resnet8x4: the loss's forward+backward 160 -> 132 ms per batch of 64)."""
+    reduce = [0, *range(2, mu.dim())]
+    return 0.5 * ((mu - target).square().mean(dim=reduce) / pred_var + pred_var.log()).mean()
 
 
 def _conv1x1(c_in: int, c_out: int) -> nn.Conv2d:

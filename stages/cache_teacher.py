@@ -26,17 +26,20 @@ def main() -> None:
     inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
     views = {"seed": p.seed, "epochs": train.epochs, "batch_size": train.batch_size, "augment": train.augment}
     users = [m for m in methods.names() if reads_teacher_logits_only(m)]
-    logged = {**flatten({"teacher_cache": cfg, "views": views}), **{f"input.{k}": v[:12] for k, v in inputs.items()}}
+    logged = {**flatten({"teacher_cache": cfg, "views": views}), "trainer.compile_teacher": p.trainer.compile_teacher,
+              **{f"input.{k}": v[:12] for k, v in inputs.items()}}
     key = params_hash({"teacher_cache": cfg.model_dump(), "views": views, **inputs})
     with StageRun("cache_teacher", data.card["name"], logged, key) as run, atomic_dir(TEACHER_CACHE) as out:
         card = {"enabled": False}
         if cfg.enabled:
-            teacher = frozen_teacher(load_model(teacher_path, dev), data.train.images.shape[-1])
+            teacher = frozen_teacher(load_model(teacher_path, dev), data.train.images.shape[-1],
+                                     p.trainer.compile_teacher)
             loader = loaders(data, train, p.seed, dev)[0]
             card = build_cache(teacher, loader, train.epochs, out, cfg.dtype, cfg.top_k, inputs)
         else:
             write_json(out / CARD, card)
-        summary = {**{k: card.get(k) for k in ("bytes", "seconds", "dtype", "top_k")}, "enabled": cfg.enabled, "methods": users, "mlflow_run_id": run.run_id, "params_hash": key}
+        summary = {**{k: card.get(k) for k in ("bytes", "seconds", "dtype", "top_k")}, "enabled": cfg.enabled,
+                   "methods": users, "mlflow_run_id": run.run_id, "params_hash": key}
         write_json(METRICS / "teacher_cache.json", summary)
         if cfg.enabled:
             run.log_metrics({"cache/bytes": card["bytes"], "cache/seconds": card["seconds"]})

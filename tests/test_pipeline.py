@@ -85,6 +85,8 @@ def test_repro_runs_every_stage_and_tracks_it(repo):
     assert distill.data.tags["kdlens.method"] == "kd"
     assert len(distill.data.tags["git.commit"]) == 40 and distill.data.tags["params_hash"]
     assert distill.data.params["methods.kd.T"] == "4.0"
+    assert distill.data.params["trainer.compile_teacher"] == "True"
+    assert by_stage["cache_teacher"].data.params["trainer.compile_teacher"] == "True"
     assert distill.info.status == "FINISHED"
     history = client.get_metric_history(distill.info.run_id, "test/top1")
     assert [m.step for m in history] == [1, 2]
@@ -247,6 +249,18 @@ def test_unselected_method_params_rerun_nothing(repo):
     p["methods"]["dkd"]["beta"] = 2.0
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    _run(repo, "git", "checkout", "params.yaml")
+
+
+def test_teacher_compile_switch_reruns_only_the_stages_that_run_the_teacher(repo):
+    """``trainer.compile_teacher`` is how the frozen teacher runs: neither the teacher's nor the baseline's
+    training declares it, so switching it retrains neither."""
+    _restore_committed_state(repo)
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["trainer"]["compile_teacher"] = not p["trainer"]["compile_teacher"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    changed = json.loads(_run(repo, "dvc", "status", "--json").stdout)
+    assert set(changed) == {"cache_teacher", "distill"}, changed
     _run(repo, "git", "checkout", "params.yaml")
 
 

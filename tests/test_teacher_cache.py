@@ -2,6 +2,7 @@
 trained with the live (BN-folded) teacher; top-k storage keeps the top-k probabilities and the tail mass;
 a cache for other views is not used, and says why."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -33,19 +34,21 @@ def teacher():
     return net.eval()
 
 
-def _cache(data, teacher, tmp_path, dtype="float32", top_k=0, cfg=CFG):
+def _cache(data, teacher, tmp_path, dtype="float32", top_k=0, cfg=CFG, compiled=False):
     loader = loaders(data, cfg, 0, torch.device("cpu"))[0]
-    build_cache(frozen_teacher(teacher, 32), loader, cfg.epochs, tmp_path, dtype, top_k, INPUTS)
+    build_cache(frozen_teacher(teacher, 32, compiled), loader, cfg.epochs, tmp_path, dtype, top_k, INPUTS)
     return loader
 
 
-@pytest.mark.parametrize("method", ["kd", "dkd"])
-def test_student_from_cache_is_identical_to_live_teacher(data, teacher, tmp_path, method):
-    _cache(data, teacher, tmp_path / "cache")
+@pytest.mark.parametrize("method,compiled", [("kd", False), ("dkd", False), ("kd", True)])
+def test_student_from_cache_is_identical_to_live_teacher(data, teacher, tmp_path, method, compiled):
+    """Also with the compiled teacher (trainer.compile_teacher, the default) in both the cache and the
+    live run: the same compiled kernels give the same logits."""
+    _cache(data, teacher, tmp_path / "cache", compiled=compiled)
 
     def train(work, cache):
         return train_network("resnet8", CFG, 0, method, methods.params_class(method)(), data, work,
-                             teacher=teacher, teacher_cache=cache)
+                             teacher=teacher, teacher_cache=cache, compile_teacher=compiled)
 
     live = train(tmp_path / "live", None)
     cached = train(tmp_path / "cached", (tmp_path / "cache", INPUTS))
@@ -118,3 +121,39 @@ def test_frozen_teacher_matches_the_teacher_and_hands_back_contiguous_maps(name)
     for a, b in zip([f.stem, *f.stages, *f.preact], [ff.stem, *ff.stages, *ff.preact]):
         assert b.is_contiguous()
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, a.abs().max().item()))
+
+
+@pytest.mark.parametrize("name", ["resnet8", "wrn_16_2"])
+def test_compiled_teacher_matches_the_eager_one_at_every_batch_shape(name):
+    torch.manual_seed(0)
+    net = models.create(name, 10)
+    with torch.no_grad():
+        net.train()(torch.randn(32, 3, 32, 32))
+    net.eval()
+    eager, compiled = frozen_teacher(net, 32), frozen_teacher(net, 32, compiled=True)
+    assert {n for n, _ in compiled.named_parameters()} == {n for n, _ in eager.named_parameters()}
+    for batch in (8, 3):  # a training batch, then a smaller last batch (a second compile)
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            (z, f), (zc, fc) = eager(x), compiled(x)
+        torch.testing.assert_close(zc, z, rtol=1e-4, atol=1e-4)
+        for a, b in zip([f.stem, *f.stages, *f.preact, f.pooled], [fc.stem, *fc.stages, *fc.preact, fc.pooled]):
+            assert b.is_contiguous()
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, a.abs().max().item()))
+
+
+def test_teacher_runs_uncompiled_with_a_warning_when_torch_compile_fails(teacher, monkeypatch):
+    """No working C++ compiler (a real inductor failure, not a mock): same outputs, one warning."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor.cpp, "cxx", ("/nonexistent/g++",))
+    monkeypatch.setattr(inductor, "fx_graph_cache", False)  # a cached kernel would need no compiler
+    fast = frozen_teacher(teacher, 32, compiled=True)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), pytest.warns(UserWarning, match=r"trainer.compile_teacher: torch.compile failed "
+                                                          r"\(InvalidCxxCompiler"):
+        z = fast(x)[0]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second attempt, no second warning
+        torch.testing.assert_close(fast(x)[0], z, rtol=0, atol=0)
+        torch.testing.assert_close(z, frozen_teacher(teacher, 32)(x)[0], rtol=0, atol=0)
