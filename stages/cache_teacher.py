@@ -28,7 +28,8 @@ def main() -> None:
     users = [m for m in methods.names() if reads_teacher_logits_only(m)]
     logged = {**flatten({"teacher_cache": cfg, "views": views}), "trainer.compile_teacher": p.trainer.compile_teacher,
               **{f"input.{k}": v[:12] for k, v in inputs.items()}}
-    key = params_hash({"teacher_cache": cfg.model_dump(), "views": views, **inputs})
+    key = params_hash({"teacher_cache": cfg.model_dump(), "views": views,
+                       "compile_teacher": p.trainer.compile_teacher, **inputs})
     with StageRun("cache_teacher", data.card["name"], logged, key) as run, atomic_dir(TEACHER_CACHE) as out:
         card = {"enabled": False}
         if cfg.enabled:

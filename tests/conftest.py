@@ -34,6 +34,9 @@ def tiny_params() -> dict:
     p["student"]["structure"]["train"].update(epochs=2, batch_size=32, eval_batch_size=96, warmup_epochs=1,
                                               frozen_epochs={"routing": 1})  # ltb stage 1
     p["sigma"].update(n_images=4, steps=20, probe_step=15, noise_batch=4)  # the whole chain in seconds
+    # Compiling the teacher costs a stage process seconds that a seconds-long training never earns back;
+    # tests/test_teacher_cache.py and test_pipeline.py's project (compile on) cover it.
+    p["trainer"]["compile_teacher"] = False
     return p
 
 
