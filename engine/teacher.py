@@ -1,7 +1,8 @@
 """The frozen teacher's outputs during a student's training: a fast live forward, or a cache.
 
-Live: the teacher in eval mode with its BatchNorms folded into the convolutions (models/fold.py),
-channels-last, no parameter needing grad; the forward a trainer step pays under every other method.
+Live: the teacher in eval mode with its BatchNorms folded into the convolutions (models/fold.py), no
+parameter needing grad, its forward compiled (``trainer.compile_teacher``) or else channels-last; the
+forward a trainer step pays under every other method.
 
 Cache (stage ``cache_teacher``): the training views are a pure function of (seed, epoch, sample index)
 (engine/loader.py), so the teacher's logits for every view a student will see can be computed once and
