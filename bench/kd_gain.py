@@ -20,12 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.datasets import prepare  # noqa: E402
-from engine.datasets.store import load_prepared  # noqa: E402
-from engine.device import device  # noqa: E402
-from engine.jobs import load_model, loaders, train_network  # noqa: E402
-from engine.params import load_params  # noqa: E402
-from engine.trainer import evaluate  # noqa: E402
+from dataset import prepare  # noqa: E402
+from dataset.store import load_prepared  # noqa: E402
+from core.device import device  # noqa: E402
+from training.jobs import loaders, train_network  # noqa: E402
+from training.saved import load_model  # noqa: E402
+from stages.params import load_params  # noqa: E402
+from training.trainer import evaluate  # noqa: E402
 
 
 def main() -> None:

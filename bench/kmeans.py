@@ -29,23 +29,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import supervision as sup  # noqa: E402
-from engine.device import device  # noqa: E402
+from methods.letkd import supervision as sup  # noqa: E402
+from core.device import device  # noqa: E402
 
 
 def teacher_locations(teacher_path: Path, data_dir: Path, arch: str, batch_size: int):
     """(features [N·H·W, C], description) of the teacher's last stage over the un-augmented train split."""
     import models
-    from engine.datasets import store
-    from engine.jobs import load_model
+    from dataset import store
+    from training.saved import load_model
 
     dev = device()
     if (data_dir / "card.json").is_file():
         data = store.load_prepared(data_dir)
         source = f"{data.card['name']} ({data_dir})"
     else:
-        from engine.datasets import BUILDERS
-        from engine.params import DataParams
+        from dataset import BUILDERS
+        from dataset.params import DataParams
 
         train, test, classes, _ = BUILDERS["scenes"](DataParams())
         data = store.in_memory(train, test, classes, "scenes")

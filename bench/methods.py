@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import methods  # noqa: E402
 import models  # noqa: E402
-from engine.jobs import reads_teacher_logits_only  # noqa: E402
-from engine.teacher import frozen_teacher  # noqa: E402
+from training.jobs import reads_teacher_logits_only  # noqa: E402
+from training.teacher import frozen_teacher  # noqa: E402
 
 _SAME = ("kd", "at", "fitnet", "pkt", "sp", "rkd", "dkd")
 REFERENCE = {  # step / CE step of the reference framework's distillers, issue 9's table

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
-from engine.datasets.scenes import build_scenes  # noqa: E402
-from engine.params import ScenesParams  # noqa: E402
+from dataset.scenes import build_scenes  # noqa: E402
+from dataset.params import ScenesParams  # noqa: E402
 from explain import sigma as S  # noqa: E402
 
 

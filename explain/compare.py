@@ -24,6 +24,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.tracking import StageRun, tracking_uri
+
 STAGES = ("train_baseline", "distill")
 LEVELS = ("level1", "level2", "level3")
 
@@ -139,9 +141,6 @@ def markdown(arms: list[Arm], experiment: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import mlflow
-
-    sys.path.insert(0, str(Path.cwd()))
-    from engine.tracking import StageRun, tracking_uri
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="kdlens-scenes")

@@ -42,29 +42,12 @@ estimation; see ``explain.sigma``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .params import KnowledgeParams
+
 EMPTY_POLICIES = ("zero", "exclude")
-
-
-@dataclass
-class KnowledgeParams:
-    b: float = 0.2
-    background: str = "dataset"  # dataset (upstream, per checkpoint) | per_image
-    empty: str = "zero"  # zero (upstream) | exclude
-    skip_first: bool = False  # exclude checkpoint 0 from the peak search (upstream ResNets), offset fixed
-    effect_filter: bool = False
-    filter_min_epoch: int | None = None  # None: epochs >= 40/150 of the final epoch (upstream: 40 of 150)
-    filter_top_frac: float | None = None  # None: whole sets; 0.1 = upstream's Top10
-    intersect_runs: bool = True  # compare two runs on the images valid in both
-
-    def __post_init__(self):
-        if self.background not in ("dataset", "per_image"):
-            raise ValueError(f"background must be dataset|per_image, got {self.background!r}")
-        if self.empty not in EMPTY_POLICIES:
-            raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {self.empty!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -352,7 +335,7 @@ def run_metrics(entropy, fg, epochs, wd, params: KnowledgeParams | None = None, 
             "wd": np.asarray(wd, dtype=np.float64).tolist(),
         },
         "per_image": {"N_fg": n_fg.tolist(), "N_bg": n_bg.tolist(), "D": dyn_fg["D"]},
-        "params": asdict(p),
+        "params": p.model_dump(exclude={"center_box_frac"}),  # the knobs of these metrics (the box is the report's)
         "official": {"D_dispersion": "D_std (population std, ddof 0); D_var = upstream's 'fore max var'",
                      "weight_distance": "cumulative per-iteration path / ||W0||"},
     }

@@ -5,6 +5,11 @@ every stage from its run cache; the MLflow run ids recorded in those files link 
 """
 from __future__ import annotations
 
+import numpy as np
+
+from .knowledge import center_box, compare, downsample_masks, wd_at_epochs
+from .weight_distance import WeightDistance
+
 ROLES = ("teacher", "baseline", "student")
 ROLE_TITLES = {"teacher": "teacher", "baseline": "baseline student (CE only)", "student": "distilled student"}
 
@@ -64,8 +69,6 @@ def analysed_layer(model, tap: str, index: int) -> str:
     """The weight name (as in ``WeightDistance(model).names``) of the conv feeding the sigma tap: the last
     non-shortcut conv of ``stages[index]`` for the stages/preact/pooled taps, the stem's last conv for
     ``stem``, the classifier for ``logits``."""
-    from engine.weight_distance import WeightDistance
-
     names = WeightDistance(model).names
     if tap == "logits":
         prefix = "classifier."
@@ -92,10 +95,6 @@ def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, c
     the analysed images, or None (then the centre-box prior); ``exact``: bool [N], which of them have a real
     mask (None: all), the others take the centre-box prior (a folder dataset with masks for some images).
     """
-    import numpy as np
-
-    from explain.knowledge import center_box, compare, downsample_masks, wd_at_epochs
-
     base, stud = sigma["baseline"], sigma["student"]
     if not np.array_equal(base["image_ids"], stud["image_ids"]) or not np.array_equal(base["epochs"], stud["epochs"]):
         raise ValueError("baseline and student sigma maps differ in images or checkpoint epochs; re-run estimate_sigma")
@@ -120,7 +119,7 @@ def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, c
     else:
         fg = box
         mask_source = f"centre-box prior (no masks in {card['name']}): {box_rule}"
-    kp = knowledge_cfg.library()
+    kp = knowledge_cfg
     runs = {"distilled": {"entropy": stud["entropy"], "wd": wd_at_epochs(weight_distance["student"], layer, epochs)},
             "baseline": {"entropy": base["entropy"], "wd": wd_at_epochs(weight_distance["baseline"], layer, epochs)}}
     res = compare(runs["distilled"], runs["baseline"], fg, epochs, kp)

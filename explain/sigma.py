@@ -49,7 +49,7 @@ Deliberate differences from the upstream code (spec §5.4):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -57,59 +57,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)  # 1.4189385...
+from .params import HALF_LOG_2PI_E, SigmaParams, entropy_target  # noqa: F401 (entropy_target: public)
+
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class SigmaParams:
-    """Knobs of the estimation. Defaults are for 32x32 inputs on an 8x8 grid (spec §6.1).
-
-    ``lr = 2.5e-5`` with ``lambda_h = 6`` reproduces, on an 8x8 grid, the per-step dynamics of the
-    reference's 16x16 grid at lr 1e-4 / lambda 6 (ResNet): with the *mean* entropy over G^2 cells, both
-    the entropy and the feature gradient on one cell scale as 1/G^2, so keeping ``lr / G^2`` fixed keeps
-    every per-cell step size, and keeping lambda_h keeps the balance point (how far sigma grows before the
-    feature term stops it). Lowering lambda_h to 6 * 64/256 at lr 1e-4 instead (the spec's first option)
-    keeps the step size but moves the balance point below the entropy target.
-    """
-
-    grid: int = 8
-    sigma0: float = 0.01
-    clamp: tuple[float, float] = (1e-3, 1.0)
-    lambda_h: float = 6.0
-    lr: float = 2.5e-5
-    steps: int = 80
-    probe_step: int = 60
-    lambda_boost: float = 1.5
-    budget_ratio: float = 1.4714
-    entropy_target: float | None = None  # overrides the budget semantics when set (reference: -2.8)
-    noise_batch: int = 96
-    relu: bool = True
-    # batched only: at most this many samples per forward/backward (whole images; the math is unchanged).
-    # On a CPU core the convolutions cost the same per sample at any batch size and the elementwise ops
-    # (BN, ReLU) get slower once a batch's activations leave the cache, so ~100 samples per pass is the
-    # fastest there (measured on resnet8: 96 < 192 < 384 s); it also bounds memory. None = all N*B
-    # samples in one pass: use it on a GPU, where batching is what makes the estimation fast.
-    max_samples: int | None = 128
-
-    @property
-    def target(self) -> float:
-        if self.entropy_target is not None:
-            return float(self.entropy_target)
-        return entropy_target(self.sigma0, self.budget_ratio)
-
-    def __post_init__(self):
-        self.clamp = tuple(float(v) for v in self.clamp)
-        if not 0 < self.clamp[0] <= self.clamp[1]:
-            raise ValueError(f"clamp must satisfy 0 < lo <= hi, got {self.clamp}")
-        if self.grid < 1 or self.steps < 1 or self.noise_batch < 1:
-            raise ValueError("grid, steps and noise_batch must be positive")
-
-
-def entropy_target(sigma0: float = 0.01, budget_ratio: float = 1.4714) -> float:
-    """H* = ln(sigma0 * r) + 1/2 ln(2 pi e): the mean entropy of a uniform map r times sigma0."""
-    return math.log(sigma0) + math.log(budget_ratio) + HALF_LOG_2PI_E
 
 
 def entropy_map(sigma):
@@ -264,7 +215,7 @@ def _finish(p: SigmaParams, hist_sigma, ent_hist, feat_hist, lam_hist, sigma_f, 
             sigma[i] = hist_sigma[i, sel[i]]
     return SigmaResult(sigma=sigma, entropy=entropy_map(sigma), selected_step=sel, entropy_history=ent_hist,
                        feature_loss_history=feat_hist, lambda_history=lam_hist, sigma_f=sigma_f,
-                       effective=effective, steps_run=steps_run, target=p.target, params=asdict(p))
+                       effective=effective, steps_run=steps_run, target=p.target, params=p.model_dump())
 
 
 def _progress(progress, total: int, desc: str):

@@ -11,6 +11,7 @@ registered as the method's parameters nor saved in its state dict).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar
 
 import torch
@@ -37,7 +38,7 @@ class MethodContext:
     num_train: int  # size of the training set (memory banks are indexed by sample)
     input_size: int = 32
     train_labels: torch.Tensor | None = None  # [num_train] labels by dataset index (CRD's negatives)
-    supervision: dict | None = None  # teacher-derived arrays + "card" (engine.supervision) if needs_supervision
+    supervision: dict | None = None  # teacher-derived arrays + "card" (Method.load_supervision) if needs_supervision
 
 
 LossFn = Callable[[Output, "Output | None", torch.Tensor, torch.Tensor, int], dict[str, torch.Tensor]]
@@ -115,6 +116,12 @@ class Method(nn.Module):
         """(``part_of_student`` methods) Rebuild those parts from ``test_time_config`` into a fresh
         ``student`` (wired into its forward) and return them as one module, weights still to load."""
         raise NotImplementedError(f"method {cls.name!r} keeps no parts in the student")
+
+    @classmethod
+    def load_supervision(cls, directory: Path) -> dict:
+        """(``needs_supervision`` methods) The teacher-derived supervision that stage build_supervision
+        wrote into ``directory``, as ``ctx.supervision`` expects it."""
+        raise NotImplementedError(f"method {cls.name!r} reads no supervision")
 
     def extra_parameter_count(self) -> int:
         """Trainable parameters and buffers the method adds on top of the student (mdistiller's 'extra cost')."""

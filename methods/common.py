@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -116,40 +115,3 @@ def full_precision(fn):
             return fn(*_upcast(args), **{k: _upcast(v) for k, v in kwargs.items()})
 
     return wrapper
-
-
-# --- state that must see the global batch across training processes (gather_rows / mean_over_ranks) ---
-
-
-def _ranks() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def gather_rows(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Each tensor's rows from every training process, concatenated in rank order (the tensors themselves
-    in one process); no gradient. Under torchrun each rank sees a share of the batch (engine/distributed.py),
-    so a method whose state follows the batch (CRD's memory banks) gathers it to stay the same on every
-    rank. The tensors share their first dimension; shares may differ in size by one."""
-    if _ranks() == 1:
-        return tensors
-    n = torch.tensor([len(tensors[0])], device=tensors[0].device)
-    counts = [torch.empty_like(n) for _ in range(_ranks())]
-    dist.all_gather(counts, n)
-    counts = [int(c) for c in counts]
-    out = []
-    for t in tensors:
-        padded = t.detach().new_zeros((max(counts), *t.shape[1:]))
-        padded[:len(t)] = t.detach()
-        parts = [torch.empty_like(padded) for _ in counts]
-        dist.all_gather(parts, padded)
-        out.append(torch.cat([part[:c] for part, c in zip(parts, counts)]))
-    return tuple(out)
-
-
-def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """The mean of ``t`` over the training processes (``t`` itself in one process); no gradient."""
-    if _ranks() == 1:
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t)
-    return t / _ranks()

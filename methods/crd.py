@@ -67,7 +67,9 @@ from torch import nn
 from models.base import feature_shapes
 
 from .base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
-from .common import full_precision, gather_rows, mean_over_ranks
+from core.distributed import gather_rows, mean_over_ranks
+
+from .common import full_precision
 from .registry import register
 
 NCE_EPS = 1e-7

@@ -29,45 +29,12 @@ approximation and stays finite under float16 autocast.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from .base import Method, MethodParams, cross_entropy_term
 from .common import warmup_factor
+from .logits import dkd_loss
 from .registry import register
-
-
-def _kl_rows(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(p_t || p_s) from log-probabilities, with 0 * log 0 = 0."""
-    p_t = log_p_t.exp()
-    return torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t)).sum(dim=1)
-
-
-def _binary_and_nontarget_log_probs(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
-    """log [p_g, 1-p_g] (B,2) and log p_hat over the non-target classes (B,N-1), at temperature T."""
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # fp16 -> fp32
-    b, n = z.shape
-    gt = F.one_hot(targets, n).bool()
-    log_all = torch.logsumexp(z, dim=1)
-    z_other = z[~gt].view(b, n - 1)
-    log_other = torch.logsumexp(z_other, dim=1)
-    log_binary = torch.stack([z[gt] - log_all, log_other - log_all], dim=1)
-    log_hat = z_other - log_other[:, None]
-    return log_binary, log_hat
-
-
-def dkd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, targets: torch.Tensor,
-             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(TCKD, NCKD), each T^2 * batch-mean KL(teacher || student), unweighted and without warm-up."""
-    if logits_s.shape[1] < 2:
-        raise ValueError("DKD needs at least two classes")
-    bin_s, hat_s = _binary_and_nontarget_log_probs(logits_s, targets, temperature)
-    bin_t, hat_t = _binary_and_nontarget_log_probs(logits_t, targets, temperature)
-    scale = temperature**2
-    tckd = _kl_rows(bin_t, bin_s).mean() * scale
-    nckd = _kl_rows(hat_t, hat_s).mean() * scale
-    return tckd, nckd
 
 
 class DKDParams(MethodParams):

@@ -67,8 +67,7 @@ from pydantic import Field, model_validator
 
 from .base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
 from .common import warmup_factor
-from .dkd import dkd_loss
-from .kd import kd_loss
+from .logits import dkd_loss, kd_loss
 from .registry import register
 
 Norm = Literal["softmax_class", "softmax_spatial", "l2_spatial", "none", "softmax_batch_as_coded"]

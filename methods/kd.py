@@ -7,20 +7,11 @@ Defaults are the CIFAR recipe of mdistiller/RepDistiller: T=4, w_ce=0.1, w_kd=0.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from .base import Method, MethodParams, cross_entropy_term
+from .logits import kd_loss
 from .registry import register
-
-
-def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * batch-mean KL(p_t^T || p_s^T)."""
-    log_p_s = F.log_softmax(logits_s / temperature, dim=1)
-    log_p_t = F.log_softmax(logits_t / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
-    return kl * temperature**2
 
 
 class KDParams(MethodParams):

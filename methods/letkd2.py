@@ -1,7 +1,16 @@
-"""``letkd2``: letKD with KD layers at the penultimate position and at ``supervision.inter_stage`` (spec B5).
-The implementation, its formula and defaults are in methods/letkd.py; this file registers the name (and is
-the distill stage's ``methods/${method}.py`` dependency, next to methods/letkd.py)."""
-from .letkd import LetKD2
+"""``letkd2``: letKD with KD layers at the last stage and at ``supervision.inter_stage`` (Gorgun et al.,
+BMVC 2023, Sec. 3): the intermediate layer's x̂ feeds the rest of the network.
+
+    L = w_ce·CE + w_p·L_penult + w_i·L_inter
+
+The layers, their loss and the teacher-derived targets are in the ``methods/letkd/`` package.
+"""
+from .letkd.method import LetKD, LetKD2Params
 from .registry import register
 
-register(LetKD2)
+
+@register
+class LetKD2(LetKD):
+    name = "letkd2"
+    Params = LetKD2Params
+    intermediate = True

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .ce import CE, CEParams
+from .base import Method, MethodParams
 from .registry import register
 
 
@@ -27,16 +27,19 @@ def ls_loss(logits: torch.Tensor, targets: torch.Tensor, epsilon: float) -> torc
     return ((1.0 - epsilon) * nll + epsilon * uniform).mean()
 
 
-class LSParams(CEParams):
+class LSParams(MethodParams):
+    ce_weight: float = Field(1.0, gt=0)
     epsilon: float = Field(0.1, ge=0, lt=1)
 
 
 @register
-class LS(CE):
+class LS(Method):
     """CE with smoothed targets: no teacher, logits only."""
 
     name = "ls"
     Params = LSParams
+    needs_teacher = False
+    uses_features = False
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params

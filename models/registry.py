@@ -1,7 +1,9 @@
 """Architectures by name: ``create(name, num_classes)``. Families register themselves on import."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Annotated, Callable
+
+from pydantic import AfterValidator
 
 from .base import Classifier
 
@@ -30,3 +32,12 @@ def create(name: str, num_classes: int) -> Classifier:
     if name not in _BUILDERS:
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
     return _BUILDERS[name](num_classes)
+
+
+def _known_arch(name: str) -> str:
+    if name not in names():
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
+    return name
+
+
+ArchName = Annotated[str, AfterValidator(_known_arch)]  # a params field naming a registered architecture

@@ -24,10 +24,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from core.schema import Section
 
 from .base import feature_shapes
 from .taps import stage_producer, wrap_last_stage, wrap_output
+
+
+class VamParams(Section):
+    """The ``vam`` section: the Virtual Attention Module on the distilled student (kdlens's own design, see
+    the module docstring): gates over groups of the filters of the listed stages plus an entropy regulariser."""
+    enabled: bool = False
+    stages: list[int] = [-2]  # indices into Features.stages
+    groups: int = Field(4, ge=1)
+    init_gain: float = 3.0  # gate logits start at init_gain·I: each virtual block attends mostly to itself
+    entropy_weight: float = Field(0.01, ge=0)
 
 
 class VirtualAttention(nn.Module):

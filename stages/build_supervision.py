@@ -1,14 +1,15 @@
 """Stage ``build_supervision``: the teacher-derived supervision of letkd1/letkd2 into data/supervision."""
-from engine.datasets.store import load_prepared
-from engine.device import device
-from engine.files import sha256_file, write_json
-from engine.jobs import load_model
-from engine.params import flatten, load_params, params_hash
-from engine.stage import run_stage
-from engine.supervision import CARD, build_supervision, cluster_size_figure, faiss_use_gpu, save_supervision
-from engine.tracking import StageRun
+from dataset.store import load_prepared
+from core.device import device
+from core.files import sha256_file, write_json
+from training.saved import load_model
+from core.schema import flatten, params_hash
+from stages.params import load_params
+from core.stage import run_stage
+from methods.letkd.supervision import CARD, build_supervision, cluster_size_figure, faiss_use_gpu, save_supervision
+from core.tracking import StageRun
 
-from .paths import DATA, METRICS, PARAMS, SUPERVISION, role_dir
+from core.paths import DATA, PARAMS, SUPERVISION, metrics_path, model_path
 
 
 def main() -> None:
@@ -16,7 +17,7 @@ def main() -> None:
     cfg = p.supervision
     dev = device()
     data = load_prepared(DATA)
-    teacher_path = role_dir("teacher") / "model.pt"
+    teacher_path = model_path("teacher")
     teacher = load_model(teacher_path, dev)
     inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
     logged = {**flatten({"supervision": cfg}), **{f"input.{k}": v[:12] for k, v in inputs.items()},
@@ -40,9 +41,9 @@ def main() -> None:
                    "subclass_self_decision": built.info["subclass_self_decision"],
                    "locations": built.info["locations"], "seconds": built.seconds, "sha256": card["sha256"],
                    "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": key}
-        write_json(METRICS / "supervision.json", summary)
+        write_json(metrics_path("supervision"), summary)
         run.log_artifact(SUPERVISION / CARD)
-        run.log_artifact(METRICS / "supervision.json")
+        run.log_artifact(metrics_path("supervision"))
 
 
 if __name__ == "__main__":

@@ -4,17 +4,18 @@ Keyed (through DVC) by the teacher, the data, the students' seed and the view-de
 (epochs, batch size, augmentation); every ``dvc exp run -S method=...`` reuses it. Only the methods that
 read nothing but the teacher's logits use it; the others run the (BN-folded) teacher live.
 """
-import methods
-from engine.datasets.store import load_prepared
-from engine.device import device
-from engine.files import atomic_dir, sha256_file, write_json
-from engine.jobs import load_model, loaders, reads_teacher_logits_only
-from engine.params import flatten, load_params, params_hash
-from engine.stage import run_stage
-from engine.teacher import CARD, build_cache, frozen_teacher
-from engine.tracking import StageRun
+from dataset.store import load_prepared
+from core.device import device
+from core.files import atomic_dir, sha256_file, write_json
+from training.jobs import loaders
+from training.saved import load_model
+from core.schema import flatten, params_hash
+from stages.params import load_params
+from core.stage import run_stage
+from training.teacher import CARD, build_cache, frozen_teacher
+from core.tracking import StageRun
 
-from .paths import DATA, METRICS, PARAMS, TEACHER_CACHE, role_dir
+from core.paths import DATA, PARAMS, TEACHER_CACHE, metrics_path, model_path
 
 
 def main() -> None:
@@ -22,10 +23,9 @@ def main() -> None:
     cfg, train = p.teacher_cache, p.student.train
     dev = device()
     data = load_prepared(DATA)
-    teacher_path = role_dir("teacher") / "model.pt"
+    teacher_path = model_path("teacher")
     inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
     views = {"seed": p.seed, "epochs": train.epochs, "batch_size": train.batch_size, "augment": train.augment}
-    users = [m for m in methods.names() if reads_teacher_logits_only(m)]
     logged = {**flatten({"teacher_cache": cfg, "views": views}), "trainer.compile_teacher": p.trainer.compile_teacher,
               **{f"input.{k}": v[:12] for k, v in inputs.items()}}
     key = params_hash({"teacher_cache": cfg.model_dump(), "views": views,
@@ -40,13 +40,12 @@ def main() -> None:
         else:
             write_json(out / CARD, card)
         summary = {**{k: card.get(k) for k in ("bytes", "seconds", "dtype", "top_k")}, "enabled": cfg.enabled,
-                   "methods": users, "mlflow_run_id": run.run_id, "params_hash": key}
-        write_json(METRICS / "teacher_cache.json", summary)
+                   "mlflow_run_id": run.run_id, "params_hash": key}
+        write_json(metrics_path("teacher_cache"), summary)
         if cfg.enabled:
             run.log_metrics({"cache/bytes": card["bytes"], "cache/seconds": card["seconds"]})
-        run.set_tags({"kdlens.cache_users": ",".join(users)})
-        print(f"teacher cache: {summary['bytes'] or 0:,} bytes for {', '.join(users)} "
-              f"({'on' if cfg.enabled else 'off'})")
+        print(f"teacher cache: {summary['bytes'] or 0:,} bytes ({'on' if cfg.enabled else 'off'}; read by the "
+              "methods that need only the teacher's logits)")
 
 
 if __name__ == "__main__":

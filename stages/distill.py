@@ -1,9 +1,9 @@
 """Stage ``distill``: train the student with the method named by ``method``, from the trained teacher."""
-from engine.jobs import TrainJob, run_train_job
-from engine.params import load_params
-from engine.stage import run_stage
+from training.jobs import TrainJob, run_train_job
+from stages.params import load_params
+from core.stage import run_stage
 
-from .paths import CURVES, DATA, METRICS, PARAMS, SUPERVISION, TEACHER_CACHE, role_dir
+from core.paths import DATA, PARAMS, SUPERVISION, TEACHER_CACHE, curves_path, metrics_path, model_path, role_dir
 
 
 def main() -> None:
@@ -12,8 +12,8 @@ def main() -> None:
     run_train_job(TrainJob(
         stage="distill", arch=p.student.arch, train=p.student.train, seed=p.seed,
         method=p.method, method_params=method_params, data_dir=DATA, out_dir=role_dir("student"),
-        metrics_path=METRICS / "student.json", curves_path=CURVES / "student.json",
-        teacher_path=role_dir("teacher") / "model.pt", supervision_path=SUPERVISION,
+        metrics_path=metrics_path("student"), curves_path=curves_path("student"),
+        teacher_path=model_path("teacher"), supervision_path=SUPERVISION,
         structure=p.student.structure, vam=p.vam, teacher_cache_path=TEACHER_CACHE,
         params_slice={"seed": p.seed, "method": p.method, "student": p.student.model_dump(),
                       f"methods.{p.method}": method_params.model_dump(), "vam": p.vam.model_dump()},

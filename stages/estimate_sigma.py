@@ -16,33 +16,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from engine import checkpoint
-from engine.datasets.store import load_prepared
-from engine.device import device
-from engine.errors import KdlensError
-from engine.files import sha256_file, write_json, write_npz
-from engine.jobs import load_model, load_weights
-from engine.params import flatten, load_params, params_hash
-from engine.stage import run_stage
-from engine.tracking import StageRun
+from core import checkpoint
+from dataset.store import load_prepared
+from core.device import device
+from core.errors import KdlensError
+from core.files import sha256_file, write_json, write_npz
+from training.saved import load_model, load_weights
+from core.schema import flatten, params_hash
+from stages.params import load_params
+from core.stage import run_stage
+from core.tracking import StageRun
 from explain.knowledge import select_images
 from explain.plots import sigma_heatmaps
 from explain.sigma import estimate_sigma, model_feature_fn, summary
 
-from .paths import DATA, METRICS, PARAMS, role_dir
+from core.paths import CHECKPOINT_DIR, DATA, PARAMS, kept_checkpoints, metrics_path, model_path, role_dir, sigma_path
 
 ROLES = ("baseline", "student")
-SIGMA = Path("data/sigma")
-
-
-def sigma_dir(role: str) -> Path:
-    return SIGMA / role
-
-
 def checkpoints(role: str) -> list[tuple[int, Path]]:
-    found = sorted((int(p.stem.split("_")[1]), p) for p in (role_dir(role) / "checkpoints").glob("epoch_*.pt"))
+    found = list(kept_checkpoints(role_dir(role) / CHECKPOINT_DIR).items())
     if not found:
-        raise KdlensError(f"{role_dir(role) / 'checkpoints'}: no kept checkpoints; set student.train.keep_epochs")
+        raise KdlensError(f"{role_dir(role) / CHECKPOINT_DIR}: no kept checkpoints; set student.train.keep_epochs")
     return found
 
 
@@ -52,7 +46,7 @@ def main() -> None:
     role = sys.argv[1]
     p = load_params(PARAMS)
     cfg = p.sigma
-    sp = cfg.library()
+
     dev = device()
     data = load_prepared(DATA)
     test = data.test
@@ -63,25 +57,25 @@ def main() -> None:
     std = torch.tensor(data.card["std"], device=dev).view(1, -1, 1, 1) * 255.0
     raw = torch.from_numpy(test.images[ids]).to(dev)
     images = (raw.float() - mean) / std  # as engine.loader.Loader.normalise
-    model_path = role_dir(role) / "model.pt"
-    model = load_model(model_path, dev)
+    saved = model_path(role)
+    model = load_model(saved, dev)
     ckpts = checkpoints(role)
     epochs = [e for e, _ in ckpts]
     method = p.method if role == "student" else "ce"
-    inputs = {"data_sha256": data.card["sha256"], "model_sha256": sha256_file(model_path)}
+    inputs = {"data_sha256": data.card["sha256"], "model_sha256": sha256_file(saved)}
     logged = {**flatten({"sigma": cfg}), "role": role, "epochs": str(epochs), "n_images": len(ids),
               "device": str(dev), **{f"input.{k}": v[:12] for k, v in inputs.items()}}
     key = params_hash({"sigma": cfg.model_dump(), "role": role, "epochs": epochs, **inputs})
     with StageRun(f"estimate_sigma@{role}", data.card["name"], logged, key, method=method) as run:
         t0 = time.perf_counter()
         results = []
-        with tqdm(total=len(ckpts) * sp.steps, desc=f"sigma {role}", disable=None) as bar:
+        with tqdm(total=len(ckpts) * cfg.steps, desc=f"sigma {role}", disable=None) as bar:
             for epoch, path in ckpts:
                 state = checkpoint.load(path, map_location=dev, required=("model",))
                 load_weights(model, state)
                 fn = model_feature_fn(model, cfg.tap, cfg.index)
                 bar.set_description(f"sigma {role} epoch {epoch}")
-                res = estimate_sigma(fn, images, sp, seed=cfg.seed, image_ids=ids.tolist(), progress=bar)
+                res = estimate_sigma(fn, images, cfg, seed=cfg.seed, image_ids=ids.tolist(), progress=bar)
                 results.append(res)
                 s = summary(res)
                 run.log_metrics({f"sigma/{k}": v for k, v in s.items() if isinstance(v, (int, float))}, step=epoch)
@@ -90,7 +84,7 @@ def main() -> None:
         stack = {k: np.stack([a[k] for a in arrays], axis=1) for k in arrays[0]}  # [N, K, ...]
         out = {**stack, "epochs": np.asarray(epochs, dtype=np.int64), "image_ids": ids.astype(np.int64),
                "target": np.asarray(results[0].target, dtype=np.float64)}
-        out_path = sigma_dir(role) / "sigma.npz"
+        out_path = sigma_path(role)
         write_npz(out_path, out)
         per_ckpt = {int(e): summary(r) for e, r in zip(epochs, results)}
         eff = stack["effective"]
@@ -109,7 +103,7 @@ def main() -> None:
             "per_checkpoint": {str(k): v for k, v in per_ckpt.items()}, "seconds": seconds,
             "sha256": sha256_file(out_path), "mlflow_run_id": run.run_id, "params_hash": key,
         }
-        write_json(METRICS / f"sigma_{role}.json", metrics)
+        write_json(metrics_path(f"sigma_{role}"), metrics)
         run.log_metrics({"n_effective": metrics["n_effective"], "hit_target_rate": metrics["hit_target_rate"],
                          "selected_step_mean": metrics["selected_step_mean"], "seconds": seconds})
         shown = min(6, len(ids))
@@ -117,7 +111,7 @@ def main() -> None:
                              titles=[f"test #{i}" for i in ids[:shown]])
         fig.suptitle(f"{role}: entropy maps at epoch {epochs[-1]}", fontsize=9)
         run.log_figure(fig, f"plots/sigma_{role}_epoch{epochs[-1]:03d}.png")
-        run.log_artifact(METRICS / f"sigma_{role}.json")
+        run.log_artifact(metrics_path(f"sigma_{role}"))
         print(f"estimate_sigma@{role}: {len(ids)} images x {len(epochs)} checkpoints in {seconds:.1f} s",
               file=sys.stderr)
 

@@ -1,21 +1,23 @@
 """Stage ``prepare_data``: build or load the dataset named by ``data.name`` into data/prepared."""
 import sys
 
-from engine.datasets import prepare
-from engine.files import write_json
-from engine.params import flatten, load_params, params_hash
-from engine.stage import run_stage
-from engine.tracking import StageRun
+from dataset import prepare
+from core.files import write_json
+from core.schema import flatten, params_hash, read_yaml, validate
+from dataset.params import DataParams
+from core.stage import run_stage
+from core.tracking import StageRun
 
-from .paths import DATA, METRICS, PARAMS
+from core.paths import DATA, PARAMS, metrics_path
 
 SHOWN = 3  # skipped files named on stderr (card.json names more)
 
 
 def main() -> None:
-    p = load_params(PARAMS)
-    with StageRun("prepare_data", p.data.name, flatten({"data": p.data}), params_hash(p.data)) as run:
-        card = prepare(p.data, DATA)
+    # Only the data section: this stage reads nothing else, so it imports no model or method code.
+    data = validate(DataParams, read_yaml(PARAMS).get("data", {}), str(PARAMS), "data.")
+    with StageRun("prepare_data", data.name, flatten({"data": data}), params_hash(data)) as run:
+        card = prepare(data, DATA)
         skipped = card.get("skipped", {"images": 0, "masks": 0, "first": []})
         if skipped["first"]:
             print(f"prepare_data: skipped {skipped['images']} image and {skipped['masks']} mask files, e.g. "
@@ -25,7 +27,7 @@ def main() -> None:
                    "test": card["counts"]["test"], "has_masks": card["has_masks"], "masked": card["mask_counts"],
                    "skipped": {k: skipped[k] for k in ("images", "masks")}, "sha256": card["sha256"],
                    "mlflow_run_id": run.run_id}
-        write_json(METRICS / "data.json", summary)
+        write_json(metrics_path("data"), summary)
         run.log_metrics({"train_images": summary["train"], "test_images": summary["test"],
                          "skipped_images": skipped["images"], "skipped_masks": skipped["masks"]})
         run.log_artifact(DATA / "card.json")

@@ -1,19 +1,21 @@
 """Stage ``report``: the table of teacher, baseline and distilled student, with curves (reads files only)."""
 import numpy as np
 
-from engine.datasets.store import load_prepared
-from engine.device import device
-from engine.files import read_json, write_json
-from engine.jobs import load_model
-from engine.params import load_params, params_hash
-from engine.stage import run_stage
-from engine.tracking import StageRun, tracking_uri
+from dataset.store import load_prepared
+from core.device import device
+from core.files import read_json, write_json
+from training.saved import load_model
+from core.schema import params_hash
+from stages.params import load_params
+from core.stage import run_stage
+from core.tracking import StageRun, tracking_uri
 from explain.plots import concept_curves, sigma_over_epochs, training_curves
 from explain import routing as R
 from explain.report import (ROLES, ROUTING_LEVELS, analysed_layer, knowledge, knowledge_markdown, markdown, routing,
                             routing_markdown, summarise)
 
-from .paths import CURVES, DATA, FIGURES, METRICS, PARAMS, REPORTS, role_dir
+from core.paths import (DATA, FIGURES, PARAMS, REPORT, ROUTING_FILE, STRUCTURE_CURVES_FILE, WEIGHT_DISTANCE_FILE,
+                        curves_path, metrics_path, model_path, role_dir, sigma_path)
 
 SIGMA_PLOT_IMAGES = 4  # images shown in reports/sigma_<role>.png
 
@@ -21,25 +23,21 @@ SIGMA_PLOT_IMAGES = 4  # images shown in reports/sigma_<role>.png
 def knowledge_inputs(p):
     """Read what the knowledge metrics need: sigma maps, weight distances, masks (and which of the analysed
     images have one), the analysed layer."""
-    from engine.jobs import WEIGHT_DISTANCE_FILE
-
     sigma = {}
     for role in ("baseline", "student"):
-        with np.load(f"data/sigma/{role}/sigma.npz", allow_pickle=False) as z:
+        with np.load(sigma_path(role), allow_pickle=False) as z:
             sigma[role] = {k: z[k] for k in z.files}
     wd = {role: read_json(role_dir(role) / WEIGHT_DISTANCE_FILE) for role in ("baseline", "student")}
     data = load_prepared(DATA)
     ids = sigma["student"]["image_ids"]
     masks = data.test.masks[ids] if data.test.masks is not None else None
-    model = load_model(role_dir("student") / "model.pt", device())
+    model = load_model(model_path("student"), device())
     layer = analysed_layer(model, p.sigma.tap, p.sigma.index)
     return sigma, wd, masks, data.test.masked[ids], data, layer
 
 
 def routing_inputs(results: dict) -> tuple[dict, dict] | None:
     """Both students' routing.json and stage-1 epoch records when they are LTBs (else None)."""
-    from engine.jobs import ROUTING_FILE, STRUCTURE_CURVES_FILE
-
     roles = ("baseline", "student")
     if not all((role_dir(r) / ROUTING_FILE).is_file() for r in roles):
         return None
@@ -49,8 +47,6 @@ def routing_inputs(results: dict) -> tuple[dict, dict] | None:
 
 def routing_figures(routings: dict, stage1_curves: dict, results: dict, classes: list[str]) -> dict:
     """The routing section's figures by file name."""
-    import numpy as np
-
     figs = {"gate_entropy.png": R.plot_entropy_curves(stage1_curves)}
     for role, r in routings.items():
         prefs, tree = ([np.asarray(r[which]["preferences"][lv]) for lv in ROUTING_LEVELS] for which in ("stage1", "tree"))
@@ -62,9 +58,9 @@ def routing_figures(routings: dict, stage1_curves: dict, results: dict, classes:
 
 def main() -> None:
     p = load_params(PARAMS)
-    data = read_json(METRICS / "data.json")
-    results = {role: read_json(METRICS / f"{role}.json") for role in ROLES}
-    curves = {role: read_json(CURVES / f"{role}.json") for role in ROLES}
+    data = read_json(metrics_path("data"))
+    results = {role: read_json(metrics_path(role)) for role in ROLES}
+    curves = {role: read_json(curves_path(role)) for role in ROLES}
     report = summarise(data, results)
     sigma, wd, masks, exact, prepared, layer = knowledge_inputs(p)
     report["knowledge"] = knowledge(sigma, wd, masks, prepared.card, layer, p.sigma, p.knowledge,
@@ -99,9 +95,9 @@ def main() -> None:
         for name, f in figures.items():
             f.savefig(FIGURES / name, dpi=110)
             run.log_figure(f, f"plots/{name}")
-        (REPORTS / "report.md").write_text(text)
+        REPORT.write_text(text)
         report["mlflow_run_id"] = run.run_id
-        write_json(METRICS / "report.json", report)
+        write_json(metrics_path("report"), report)
         run.log_metrics({"student_test_top1": report["student_test_top1"],
                          "gain_over_baseline": report["gain_over_baseline"]})
         for role in ("baseline", "student"):
@@ -109,9 +105,9 @@ def main() -> None:
             run.log_metrics({f"knowledge/{role}/{m}": km[m] for m in
                              ("N_fg", "N_bg", "lambda_ratio", "D_mean", "D_std", "D_var", "rho", "rho_bg", "rho_all")})
         run.log_metrics({f"knowledge/{h}_holds": float(v["holds"]) for h, v in k["hypotheses"].items()})
-        run.log_artifact(REPORTS / "report.md")
-        run.log_artifact(METRICS / "report.json")
-        print((REPORTS / "report.md").read_text())
+        run.log_artifactREPORT
+        run.log_artifact(metrics_path("report"))
+        print(REPORT.read_text())
 
 
 if __name__ == "__main__":

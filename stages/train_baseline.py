@@ -1,9 +1,9 @@
 """Stage ``train_baseline``: the student architecture trained on labels alone ("learning from raw data")."""
-from engine.jobs import TrainJob, run_train_job
-from engine.params import load_params
-from engine.stage import run_stage
+from training.jobs import TrainJob, run_train_job
+from stages.params import load_params
+from core.stage import run_stage
 
-from .paths import CURVES, DATA, METRICS, PARAMS, role_dir
+from core.paths import DATA, PARAMS, curves_path, metrics_path, role_dir
 
 
 def main() -> None:
@@ -11,7 +11,7 @@ def main() -> None:
     run_train_job(TrainJob(
         stage="train_baseline", arch=p.student.arch, train=p.student.train, seed=p.seed,
         method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("baseline"),
-        metrics_path=METRICS / "baseline.json", curves_path=CURVES / "baseline.json", structure=p.student.structure,
+        metrics_path=metrics_path("baseline"), curves_path=curves_path("baseline"), structure=p.student.structure,
         params_slice={"seed": p.seed, "student": p.student.model_dump(),
                       "methods.ce": p.method_params("ce").model_dump()}, trainer=p.trainer))
 

@@ -1,9 +1,9 @@
 """Stage ``train_teacher``: train ``teacher.arch`` on the labels (method ``ce``)."""
-from engine.jobs import TrainJob, run_train_job
-from engine.params import load_params
-from engine.stage import run_stage
+from training.jobs import TrainJob, run_train_job
+from stages.params import load_params
+from core.stage import run_stage
 
-from .paths import CURVES, DATA, METRICS, PARAMS, role_dir
+from core.paths import DATA, PARAMS, curves_path, metrics_path, role_dir
 
 
 def main() -> None:
@@ -11,7 +11,7 @@ def main() -> None:
     run_train_job(TrainJob(
         stage="train_teacher", arch=p.teacher.arch, train=p.teacher.train, seed=p.teacher.seed,
         method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("teacher"),
-        metrics_path=METRICS / "teacher.json", curves_path=CURVES / "teacher.json",
+        metrics_path=metrics_path("teacher"), curves_path=curves_path("teacher"),
         params_slice={"teacher": p.teacher.model_dump(), "methods.ce": p.method_params("ce").model_dump()},
         trainer=p.trainer, role="teacher"))
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.datasets import BUILDERS, load_prepared, prepare
-from engine.datasets.cifar import load_cifar
-from engine.datasets.scenes import (
+from dataset import BUILDERS, load_prepared, prepare
+from dataset.cifar import load_cifar
+from dataset.scenes import (
     MASK_THRESHOLD,
     _axis_weights,
     _stamp,
@@ -19,8 +19,8 @@ from engine.datasets.scenes import (
     build_scenes_with_sources,
     source_digits,
 )
-from engine.errors import KdlensError
-from engine.params import DataParams, ScenesParams
+from core.errors import KdlensError
+from dataset.params import DataParams, ScenesParams
 
 SMALL = dict(n_train=200, n_test=100)
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.datasets import load_prepared, prepare
-from engine.datasets.store import Split
-from engine.errors import KdlensError
-from engine.params import DataParams, parse_params
+from dataset import load_prepared, prepare
+from dataset.store import Split
+from core.errors import KdlensError
+from dataset.params import DataParams
+from stages.params import parse_params
 from explain.knowledge import select_images
 
 CLASSES = ["hstripes", "solid", "vstripes"]

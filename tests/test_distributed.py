@@ -16,12 +16,12 @@ import yaml
 
 import methods
 from conftest import ROOT, tiny_params
-from engine.datasets import prepare
-from engine.datasets.store import Split
-from engine.distributed import check_split, processes
-from engine.errors import KdlensError
-from engine.loader import Loader
-from engine.params import parse_params
+from dataset import prepare
+from dataset.store import Split
+from core.distributed import check_split, processes
+from core.errors import KdlensError
+from dataset.loader import Loader
+from stages.params import parse_params
 from test_engine import TinyNet
 
 # The two-process run against the one-process run with the same global batch (measured spread and the

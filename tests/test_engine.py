@@ -5,12 +5,12 @@ import torch
 from torch import nn
 
 import methods
-from engine import checkpoint
-from engine.datasets.store import Split
-from engine.errors import KdlensError
-from engine.loader import Loader, crop_flip, epoch_plan
-from engine.params import TrainParams
-from engine.trainer import fit, lr_at
+from core import checkpoint
+from dataset.store import Split
+from core.errors import KdlensError
+from dataset.loader import Loader, crop_flip, epoch_plan
+from training.params import TrainParams
+from training.trainer import fit, lr_at
 from models.base import Classifier, Features
 
 

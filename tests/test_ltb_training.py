@@ -7,11 +7,12 @@ import torch
 
 import methods
 import models
-from engine.datasets import BUILDERS
-from engine.datasets.store import in_memory
-from engine.errors import KdlensError
-from engine.jobs import train_network
-from engine.params import DataParams, ScenesParams, StructureParams, TrainParams
+from dataset import BUILDERS
+from dataset.store import in_memory
+from core.errors import KdlensError
+from training.jobs import train_network
+from dataset.params import DataParams, ScenesParams
+from training.params import StructureParams, TrainParams
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import methods
-from engine.datasets.store import Split
-from engine.loader import Loader
-from engine.params import TrainParams
-from engine.trainer import fit
+from dataset.store import Split
+from dataset.loader import Loader
+from training.params import TrainParams
+from training.trainer import fit
 from method_helpers import (assert_each_gets_gradient, assert_terms_send_gradient, make_method, make_pair, n_params,
                             random_batch, random_inputs)
 from methods.ft import ft_loss

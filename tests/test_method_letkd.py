@@ -6,10 +6,10 @@ import torch
 
 import methods
 import models
-from engine import supervision as sup
-from engine.params import SupervisionParams
+from methods.letkd import supervision as sup
+from methods.letkd.params import SupervisionParams
 from method_helpers import assert_each_gets_gradient, assert_terms_send_gradient
-from methods.letkd import CosConv, KDLayer, inter_targets, letkd_kl, penult_targets, unwire
+from methods.letkd.method import CosConv, KDLayer, inter_targets, letkd_kl, penult_targets, unwire
 
 NUM_CLASSES, BATCH = 10, 4
 
@@ -194,8 +194,8 @@ def test_without_supervision_the_method_refuses_in_one_line():
 @pytest.mark.parametrize("name", ["letkd1", "letkd2"])
 def test_saved_student_reloads_with_its_kd_layers(name, tmp_path):
     """model.pt keeps the KD layers' weights and config; load_model rebuilds the student as evaluated."""
-    from engine import checkpoint
-    from engine.jobs import load_model
+    from core import checkpoint
+    from training.saved import load_model
 
     method, student, _ = _setup(name)
     with torch.no_grad():  # trained-looking layers: move every KD-layer weight off its init

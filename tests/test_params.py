@@ -3,8 +3,9 @@ import yaml
 
 import methods
 from conftest import ROOT, tiny_params
-from engine.errors import KdlensError
-from engine.params import flatten, load_params, params_hash, parse_params
+from core.errors import KdlensError
+from core.schema import flatten, params_hash
+from stages.params import load_params, parse_params
 
 
 def test_project_params_validate():

@@ -3,7 +3,7 @@ import os
 import subprocess
 
 from conftest import ROOT
-from engine import tracking
+from core import tracking
 
 
 def _pins(path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import models
-from engine import supervision as sup
-from engine.datasets.store import Prepared, Split
-from engine.errors import KdlensError
-from engine.files import sha256_file
-from engine.params import SupervisionParams
+from methods.letkd import supervision as sup
+from dataset.store import Prepared, Split
+from core.errors import KdlensError
+from core.files import sha256_file
+from methods.letkd.params import SupervisionParams
 
 
 def _blobs(rng, centres, n_per, scale):

@@ -9,11 +9,12 @@ import torch
 
 import methods
 import models
-from engine.datasets import BUILDERS
-from engine.datasets.store import in_memory
-from engine.jobs import loaders, train_network
-from engine.params import DataParams, ScenesParams, TrainParams
-from engine.teacher import TeacherCache, Views, build_cache, frozen_teacher, open_cache
+from dataset import BUILDERS
+from dataset.store import in_memory
+from training.jobs import loaders, train_network
+from dataset.params import DataParams, ScenesParams
+from training.params import TrainParams
+from training.teacher import TeacherCache, Views, build_cache, frozen_teacher, open_cache
 
 INPUTS = {"data_sha256": "d" * 64, "teacher_sha256": "t" * 64}
 CFG = TrainParams(epochs=2, batch_size=32, lr=0.05)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.weight_distance import WeightDistance, layer_weights
+from explain.weight_distance import WeightDistance, layer_weights
 
 
 

@@ -31,8 +31,8 @@ from tqdm import tqdm
 from models.base import Features
 from models.fold import fold_batchnorm
 
-from .errors import KdlensError
-from .files import read_json, write_json
+from core.errors import KdlensError
+from core.files import read_json, write_json
 
 CARD = "card.json"
 

@@ -19,51 +19,23 @@ from explain.plots import training_curves
 from models.base import count_parameters
 from models.vam import attach_vam, vam_parameter_count, vam_regulariser
 
-from . import checkpoint, distributed
-from .datasets.store import Prepared, load_prepared
-from .device import device
-from .errors import KdlensError
-from .files import sha256_file, write_json
-from .loader import Loader
-from .params import StructureParams, TrainerParams, TrainParams, VamParams, flatten, params_hash
-from .stage import work_dir
-from .supervision import load_supervision
+from core import checkpoint, distributed
+from dataset.store import Prepared, load_prepared
+from core.device import device
+from core.errors import KdlensError
+from core.files import sha256_file, write_json
+from dataset.loader import Loader
+from core.schema import flatten, params_hash
+from models.vam import VamParams
+from training.params import StructureParams, TrainerParams, TrainParams
+from core.stage import work_dir
 from .teacher import Views, frozen_teacher, open_cache
 from .trainer import FitResult, fit
-from .tracking import StageRun
+from core.paths import (CHECKPOINT_DIR, MODEL_FILE, ROUTING_FILE, STAGE1_FILE, STRUCTURE_CURVES_FILE,
+                        WEIGHT_DISTANCE_FILE)
+from core.tracking import StageRun
 
-MODEL_FILE = "model.pt"
-CHECKPOINT_DIR = "checkpoints"
-WEIGHT_DISTANCE_FILE = "weight_distance.json"
-STAGE1_FILE = "stage1.pt"  # a learned-structure student (ltb) after stage 1: the soft-routed net
-ROUTING_FILE = "routing.json"  # its routing explanation (explain/routing.py)
-STRUCTURE_CURVES_FILE = "structure_curves.json"  # stage 1's epoch records
-
-
-def load_model(path: str | Path, dev: torch.device | None = None) -> models.Classifier:
-    """Rebuild a network from a kdlens ``model.pt`` as it was evaluated: architecture and class count
-    from its meta, plus any VAM gates and any method parts the student keeps (letKD's KD layers)."""
-    state = checkpoint.load(path, required=("model", "meta"))
-    meta = state["meta"]
-    model = models.create(meta["arch"], meta["num_classes"])
-    if meta.get("vam"):  # the VAM gates are part of the student's weights
-        attach_vam(model, **meta["vam"])
-    if meta.get("method_parts"):
-        model.method_parts = methods.get(meta["method"]).restore_into(model, meta["method_parts"])
-    try:
-        load_weights(model, state)
-    except RuntimeError as e:
-        raise KdlensError(f"{path}: weights do not fit {meta['arch']} ({str(e).splitlines()[0]}); "
-                          "re-run the stage that writes it") from None
-    return model.to(dev or device())
-
-
-def load_weights(model: torch.nn.Module, state: dict) -> None:
-    """Load a model.pt or kept checkpoint into a ``load_model`` network (method parts included)."""
-    weights = state["model"]
-    if hasattr(model, "method_parts"):
-        weights = {**weights, **{f"method_parts.{k}": v for k, v in state["method"].items()}}
-    model.load_state_dict(weights)
+from .saved import load_model
 
 
 @dataclass
@@ -220,7 +192,7 @@ def _train_job(job: TrainJob) -> dict:
     use_teacher = job.teacher_path is not None and methods.get(job.method).needs_teacher
     teacher = load_model(job.teacher_path, dev) if use_teacher else None
     needs_sup = job.supervision_path is not None and methods.get(job.method).needs_supervision
-    supervision = load_supervision(job.supervision_path) if needs_sup else None
+    supervision = methods.get(job.method).load_supervision(job.supervision_path) if needs_sup else None
     # Counted before training so a method that cannot serve this pair fails before any work.
     probe = new_student(job.arch, data, job.seed, job.vam, dev)
     counts = {"params/student": count_parameters(probe), "params/vam": vam_parameter_count(probe),

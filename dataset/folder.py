@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..errors import KdlensError, one_line
-from ..params import DataParams
+from core.errors import KdlensError, one_line
+from dataset.params import DataParams
 from .store import SPLITS, Split
 
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .datasets.store import Split
+from .store import Split
 
 PAD = 4  # reflect-free zero padding of the standard CIFAR crop+flip augmentation
 

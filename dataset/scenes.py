@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..params import ScenesParams
+from dataset.params import ScenesParams
 from .store import Split
 
 NAME = "scenes"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KdlensError, one_line
+from core.errors import KdlensError, one_line
 from .store import Split
 
 ORIGIN = "https://www.cs.toronto.edu/~kriz/cifar.html"

@@ -21,21 +21,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from methods.common import mean_over_ranks
 
-from . import checkpoint
-from .distributed import ONE, World, replicate, world as current_world
-from .errors import KdlensError
-from .loader import Loader, epoch_generator
-from .params import TrainParams
-from .weight_distance import WeightDistance
+from core import checkpoint
+from core.distributed import ONE, World, mean_over_ranks, replicate, world as current_world
+from core.errors import KdlensError
+from dataset.loader import Loader, epoch_generator
+from training.params import TrainParams
+from core.paths import LAST_FILE, kept_checkpoints, kept_name
+from explain.weight_distance import WeightDistance
 
-LAST = "last.pt"
 LINEAR_DECAY = 1 / 1.03093  # KDExplainer's "linear" schedule ends at ~3% of the base lr
-
-
-def kept_name(epoch: int) -> str:
-    return f"epoch_{epoch:03d}.pt"
 
 
 def lr_at(cfg: TrainParams, epoch_progress: float) -> float:
@@ -278,7 +273,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
 
     result = FitResult()
     start_epoch = 1
-    last = work_dir / LAST
+    last = work_dir / LAST_FILE
     state = None
     if last.exists():
         state = checkpoint.load(last, map_location=device,
@@ -294,8 +289,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     if world.broadcast(start_epoch) != start_epoch:
         raise KdlensError(f"{last}: rank {world.rank} does not see rank 0's checkpoint (resuming on several "
                           "nodes needs a work directory they share)")
-    for path in sorted(work_dir.glob("epoch_*.pt")):
-        result.kept[int(path.stem.split("_")[1])] = path
+    result.kept.update(kept_checkpoints(work_dir))
     if start_epoch == 1:
         result.phases = _run_phases(method, student, live, train, seed, name, use_amp, on_epoch, world)
     # Epoch 0 is the weights the main training starts from (after any extra phase), for the kept

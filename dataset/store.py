@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import KdlensError
-from ..files import atomic_dir, write_json
+from core.errors import KdlensError
+from core.files import atomic_dir, write_json
 
 SPLITS = ("train", "test")
 OPTIONAL = ("masks", "has_mask")  # loaded when card.json lists them

@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .errors import KdlensError
+
 
 def write_json(path: str | Path, obj: Any) -> None:
     path = Path(path)
@@ -36,8 +38,6 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
 
 
 def read_json(path: str | Path) -> Any:
-    from .errors import KdlensError
-
     path = Path(path)
     try:
         return json.loads(path.read_text())

@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from ..errors import KdlensError
-from ..params import DataParams
+from core.errors import KdlensError
+from dataset.params import DataParams
 from .cifar import load_cifar
 from .folder import build_folder
 from .scenes import build_scenes

@@ -1,6 +1,5 @@
 """letKD: Gorgun, Gurbuz, Alatan, "Knowledge Distillation Layer that Lets the Student Decide", BMVC 2023
-(spec seeds_kdexplainer_letkd.md Part B; registered as ``letkd1`` and ``letkd2`` by methods/letkd1.py and
-methods/letkd2.py, which exist so the distill stage's ``methods/${method}.py`` dependency resolves).
+(Sec. 3). The variants ``letkd1`` and ``letkd2`` are registered by methods/letkd1.py and methods/letkd2.py.
 
 Instead of imitating the teacher, the student gets a learnable **KD layer** that stays in it at test time.
 On a student map x (B×C×H×W), with x̄ / w̄ the per-location / per-kernel L2-normalised vectors:
@@ -57,6 +56,7 @@ buffers), e.g. 0.53 M for C=64, K=4096 — report it next to the accuracy (``par
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -67,8 +67,9 @@ from torch import nn
 from models.base import Features, feature_shapes
 from models.taps import stage_producer, wrap_output
 
-from .base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
-from .common import full_precision, pool_to
+from ..base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
+from ..common import full_precision, pool_to
+from .store import load_supervision
 
 
 # ------------------------------------------------------------------------------------------ the layer
@@ -253,6 +254,10 @@ class LetKD(Method):
                 self.register_buffer(name, torch.as_tensor(sup[name], dtype=torch.float32), persistent=False)
         wire(student, self, producer)
 
+    @classmethod
+    def load_supervision(cls, directory: Path) -> dict:
+        return load_supervision(directory)
+
     def test_time_config(self) -> dict:
         """What ``restore_into`` needs to rebuild the KD layers without the supervision (stored in
         model.pt's meta next to their weights)."""
@@ -305,14 +310,3 @@ class LetKD(Method):
         teacher-side centroids / LDA / decision matrix, which only make the training targets)."""
         layers = [self.penult] + ([self.inter] if self.intermediate else [])
         return sum(t.numel() for layer in layers for t in [*layer.parameters(), *layer.buffers()])
-
-
-class LetKD1(LetKD):
-    name = "letkd1"
-    Params = LetKDParams
-
-
-class LetKD2(LetKD):
-    name = "letkd2"
-    Params = LetKD2Params
-    intermediate = True
