@@ -105,7 +105,7 @@ def main() -> None:
             run.log_metrics({f"knowledge/{role}/{m}": km[m] for m in
                              ("N_fg", "N_bg", "lambda_ratio", "D_mean", "D_std", "D_var", "rho", "rho_bg", "rho_all")})
         run.log_metrics({f"knowledge/{h}_holds": float(v["holds"]) for h, v in k["hypotheses"].items()})
-        run.log_artifactREPORT
+        run.log_artifact(REPORT)
         run.log_artifact(metrics_path("report"))
         print(REPORT.read_text())
 

@@ -156,7 +156,7 @@ def reached_by(body: dict, item: str | None, method: str | None) -> set[str]:
 
 
 def declared_by(body: dict, item: str | None, method: str | None, foreach) -> set[str]:
-    subst = {"method": method or "ce", "key": item or "", "item": item or ""}
+    subst = {"method": method or "ce", "key": item or ""}
     if isinstance(foreach, dict) and item is not None:
         subst.update({f"item.{k}": str(v).replace("${method}", method or "ce") for k, v in foreach[item].items()})
     return _declared_code(body, **subst)
