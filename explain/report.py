@@ -76,10 +76,7 @@ def analysed_layer(model, tap: str, index: int) -> str:
         prefix = "stem."
     else:
         idx = -1 if tap == "pooled" else index
-        if hasattr(model, "stage_prefix"):  # a family whose stages are not ``model.stages`` (ltb)
-            prefix = model.stage_prefix(idx)
-        else:
-            prefix = f"stages.{idx % (len(model.stages) if hasattr(model, 'stages') else 1)}."
+        prefix = model.stage_prefix(idx)
     hits = [nm for nm in names if nm.startswith(prefix) and "shortcut" not in nm and "downsample" not in nm]
     if not hits:
         raise ValueError(f"no conv/linear weight under {prefix!r}; recorded: {', '.join(names)}")

@@ -91,7 +91,7 @@ class Method(nn.Module):
         if self.needs_supervision and ctx.supervision is None:
             raise MethodNotApplicable(f"method {self.name!r} needs the teacher-derived supervision "
                                       "(stage build_supervision)")
-        if self.uses_features and not getattr(ctx.student, "exposes_features", True):
+        if self.uses_features and not ctx.student.exposes_features:
             raise MethodNotApplicable(f"method {self.name!r} matches intermediate features, which "
                                       f"{type(ctx.student).__name__} does not expose; use a logit-only "
                                       "method (ce, ls, kd, dkd)")

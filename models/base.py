@@ -15,7 +15,8 @@ expose the post-BN-ReLU / final 1x1-conv map instead, as Exp-KD does (spec A4, A
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
@@ -27,12 +28,75 @@ class Features:
     stages: list[torch.Tensor]
     preact: list[torch.Tensor]
     pooled: torch.Tensor
+    extras: dict[str, Any] = field(default_factory=dict)  # what an extension adds (letKD's layer scores)
 
 
 class Classifier(nn.Module):
-    """Base class: subclasses implement ``extract(x) -> Features``; the head is shared."""
+    """Base class: subclasses implement ``extract(x) -> Features``; the head is shared.
+
+    The hooks below have no-op defaults; a family overrides those it has (the LTB tree student: all of
+    them), and the trainer, the training job and the report call them without probing the model.
+    Extensions (VAM's gates, letKD's KD layers) are modules wired into the forward after construction:
+    ``attach_extension`` registers one by name with the functions that unwire it.
+    """
 
     classifier: nn.Linear
+    exposes_features: ClassVar[bool] = True  # intermediate maps a feature method can match (LTB: no)
+    learns_structure: ClassVar[bool] = False  # a stage 1 learns its structure, then freeze_structure() (LTB)
+
+    def __init__(self):
+        super().__init__()
+        self._extensions: dict[str, tuple[list[Callable[[], None]], dict]] = {}
+
+    # -- hooks ------------------------------------------------------------------------------------
+    def named_param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Named parameter groups, each with its own ``train.group_lr`` / ``frozen_epochs``; one by default."""
+        return {"weights": list(self.parameters())}
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the trainer before each training epoch (LTB: its routing temperature)."""
+
+    def epoch_diagnostics(self) -> dict[str, float]:
+        """Merged into each epoch's training record (LTB: its gate entropies)."""
+        return {}
+
+    def stage_prefix(self, index: int) -> str:
+        """The parameter-name prefix of the modules that compute ``Features.stages[index]``."""
+        return f"stages.{index % len(self.stages)}."
+
+    def freeze_structure(self, like: "Classifier | None" = None) -> None:
+        """(``learns_structure``) Keep the structure learned in stage 1 (or ``like``'s) from now on."""
+        raise NotImplementedError(f"{type(self).__name__} learns no structure")
+
+    def reinitialise(self) -> None:
+        """(``learns_structure``) Fresh weights for stage 2, the frozen structure kept."""
+        raise NotImplementedError(f"{type(self).__name__} learns no structure")
+
+    # -- extensions -------------------------------------------------------------------------------
+    def attach_extension(self, name: str, module: nn.Module | None, undo: list[Callable[[], None]],
+                         config: dict | None = None) -> None:
+        """Register extension ``name``: ``module`` (None when its weights belong to someone else, e.g. the
+        method's), saved as ``<name>.*`` in the state dict; ``undo`` unwires it; ``config`` rebuilds it."""
+        if name in self._extensions:
+            raise ValueError(f"{type(self).__name__} already has the extension {name!r}")
+        if module is not None:
+            self.add_module(name, module)
+        self._extensions[name] = (list(undo), dict(config or {}))
+
+    def detach_extension(self, name: str) -> None:
+        """Unwire and remove extension ``name`` (no-op if there is none)."""
+        undo, _ = self._extensions.pop(name, ([], {}))
+        for fn in undo:
+            fn()
+        if name in self._modules:
+            del self._modules[name]
+
+    def has_extension(self, name: str) -> bool:
+        return name in self._extensions
+
+    def extension_config(self, name: str) -> dict | None:
+        """The ``config`` extension ``name`` was attached with (None without it)."""
+        return self._extensions[name][1] if name in self._extensions else None
 
     def extract(self, x: torch.Tensor) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -117,6 +117,7 @@ class LTB(Classifier):
     """
 
     exposes_features = False
+    learns_structure = True
 
     def __init__(self, num_classes: int, width: int = 64, out_width: int = 32, hidden: int = 128,
                  head_pool: int = 7, dropout: float = 0.15, t0: float = 10.0,

@@ -72,11 +72,11 @@ def attach_vam(model: nn.Module, stages: list[int], groups: int, init_gain: floa
                input_size: int = 32) -> nn.ModuleList:
     """Put a VirtualAttention on each of ``stages`` (indices into Features.stages) of a zoo model.
 
-    The modules are registered as ``model.vam`` (trained by the model's optimiser, saved in its state dict)
-    and the arguments kept in ``model.vam_config``, so ``attach_vam(fresh, **model.vam_config)`` rebuilds the
-    same structure before ``load_state_dict``. Nothing is changed if any stage is refused.
+    The modules are the model's extension ``vam`` (``model.vam``: trained by the model's optimiser, saved in
+    its state dict) and the arguments its config, so ``attach_vam(fresh, **model.extension_config("vam"))``
+    rebuilds the same structure before ``load_state_dict``. Nothing is changed if any stage is refused.
     """
-    if hasattr(model, "vam"):
+    if model.has_extension("vam"):
         raise ValueError(f"{type(model).__name__} already has a VAM attached")
     shapes = feature_shapes(model, input_size)["stages"]
     n = len(shapes)
@@ -100,27 +100,23 @@ def attach_vam(model: nn.Module, stages: list[int], groups: int, init_gain: floa
                              "choose another stage")
         producers.append(producer)
 
-    model.vam = nn.ModuleList(modules)
-    for vam, producer in zip(model.vam, producers):
-        if producer is None:  # the last stage, computed inline: tapped at the model's output
-            wrap_last_stage(model, vam)
-        else:
-            wrap_output(producer, vam)
-    model.vam_config = {"stages": [int(i) for i in stages], "groups": int(groups), "init_gain": float(init_gain),
-                        "entropy_weight": float(entropy_weight), "input_size": int(input_size)}
-    return model.vam
+    vams = nn.ModuleList(modules)
+    undo = [wrap_last_stage(model, vam) if producer is None  # the last stage, computed inline: at the output
+            else wrap_output(producer, vam) for vam, producer in zip(vams, producers)]
+    model.attach_extension("vam", vams, undo, {
+        "stages": [int(i) for i in stages], "groups": int(groups), "init_gain": float(init_gain),
+        "entropy_weight": float(entropy_weight), "input_size": int(input_size)})
+    return vams
 
 
 def vam_regulariser(model: nn.Module) -> dict[str, torch.Tensor]:
     """{"vam_entropy": entropy_weight · mean entropy over the attached modules}, or {} without a VAM."""
-    vam = getattr(model, "vam", None)
-    if vam is None:
+    if not model.has_extension("vam"):
         return {}
-    entropy = torch.stack([m.entropy() for m in vam]).mean()
-    return {"vam_entropy": model.vam_config["entropy_weight"] * entropy}
+    entropy = torch.stack([m.entropy() for m in model.vam]).mean()
+    return {"vam_entropy": model.extension_config("vam")["entropy_weight"] * entropy}
 
 
 def vam_parameter_count(model: nn.Module) -> int:
     """Parameters the VAM adds to the model (G² per attached stage; 0 without a VAM)."""
-    vam = getattr(model, "vam", None)
-    return 0 if vam is None else sum(p.numel() for p in vam.parameters())
+    return sum(p.numel() for p in model.vam.parameters()) if model.has_extension("vam") else 0

@@ -21,7 +21,7 @@ from dataset.store import load_prepared
 from core.device import device
 from core.errors import KdlensError
 from core.files import sha256_file, write_json, write_npz
-from training.saved import load_model, load_weights
+from training.saved import METHOD_PARTS, load_model, load_weights
 from core.schema import flatten, params_hash
 from stages.params import load_params
 from core.stage import run_stage
@@ -99,7 +99,7 @@ def main() -> None:
             "selected_step_min": int(steps.min()) if steps.size else -1,
             "selected_step_max": int(steps.max()) if steps.size else -1,
             "target_entropy": float(results[0].target), "layer": f"{cfg.tap}[{cfg.index}]",
-            "with_method_parts": hasattr(model, "method_parts"),  # e.g. letKD's KD layers, as evaluated
+            "with_method_parts": model.has_extension(METHOD_PARTS),  # e.g. letKD's KD layers, as evaluated
             "per_checkpoint": {str(k): v for k, v in per_ckpt.items()}, "seconds": seconds,
             "sha256": sha256_file(out_path), "mlflow_run_id": run.run_id, "params_hash": key,
         }

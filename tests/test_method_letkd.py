@@ -157,14 +157,14 @@ def test_the_intermediate_layer_feeds_the_rest_of_the_student(teacher_name, stud
     student.eval()
     with torch.no_grad():
         logits, feats = student(x)
-        assert set(feats.letkd_scores) == {"penult", "inter"}
+        assert set(feats.extras["letkd_scores"]) == {"penult", "inter"}
         method.inter.alpha = 0.0  # value path off: the network changes downstream of the intermediate layer
         assert not torch.allclose(student(x)[0], logits, atol=1e-4)
     # building another letKD method on the same student replaces the wiring instead of stacking it
     ctx = method.ctx
     again = methods.create("letkd1", methods.params_class("letkd1")(), ctx)
     with torch.no_grad():
-        assert set(student(x)[1].letkd_scores) == {"penult"}
+        assert set(student(x)[1].extras["letkd_scores"]) == {"penult"}
     assert again.extra_parameter_count() < method.extra_parameter_count()
 
 
@@ -213,5 +213,5 @@ def test_saved_student_reloads_with_its_kd_layers(name, tmp_path):
         bare.load_state_dict(student.state_dict())
         z_bare = bare.eval()(x)[0]
     torch.testing.assert_close(z2, z)
-    assert set(f2.letkd_scores) == set(f.letkd_scores)
+    assert set(f2.extras["letkd_scores"]) == set(f.extras["letkd_scores"])
     assert not torch.allclose(z_bare, z)  # without its layers the student is another network

@@ -107,7 +107,7 @@ def test_the_gated_map_is_the_stage_output_and_feeds_everything_downstream(name)
 def test_state_dict_reloads_into_a_fresh_model_after_attach_with_the_stored_config(name):
     _, net = _bare_and_vam(name, [-2, -1])
     _randomise_gates(net)
-    config = json.loads(json.dumps(net.vam_config))  # what a loader gets back from a JSON file
+    config = json.loads(json.dumps(net.extension_config("vam")))  # what a loader gets back from a JSON file
     fresh = _net(name, seed=7)
     attach_vam(fresh, **config)
     fresh.load_state_dict(net.state_dict())

@@ -76,11 +76,6 @@ def reads_teacher_logits_only(method: str) -> bool:
     return cls.needs_teacher and not cls.uses_features
 
 
-def learns_structure(model: torch.nn.Module) -> bool:
-    """A student whose structure is learned in a stage 1 and then frozen (``ltb``)."""
-    return hasattr(model, "freeze_structure")
-
-
 def new_student(arch: str, data: Prepared, seed: int, vam: VamParams | None, dev: torch.device):
     torch.manual_seed(seed)  # same seed + arch => the baseline and every student start alike
     student = models.create(arch, data.num_classes)
@@ -150,7 +145,7 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
         return method_, res
 
     stage1 = stage1_state = None
-    if structure is not None and learns_structure(student):
+    if structure is not None and student.learns_structure:
         prefixed = None if on_epoch is None else (
             lambda rec: on_epoch({"epoch": rec["epoch"], **{f"structure/{k}": v for k, v in rec.items()
                                                             if k != "epoch"}}))
@@ -175,7 +170,7 @@ def run_train_job(job: TrainJob) -> dict:
     size = distributed.processes(job.trainer.nproc)
     if size > 1:
         sizes = {f"{job.role}.train.batch_size": job.train.batch_size}
-        if job.structure is not None and learns_structure(models.create(job.arch, 2)):
+        if job.structure is not None and models.create(job.arch, 2).learns_structure:
             sizes[f"{job.role}.structure.train.batch_size"] = job.structure.train.batch_size
         distributed.check_split(size, sizes, job.trainer.sync_bn)
     distributed.relaunch(size)
@@ -225,7 +220,7 @@ def _train_job(job: TrainJob) -> dict:
         # Outputs: final weights, kept checkpoints (moved out of the work dir), metrics and curves.
         job.out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"arch": job.arch, "num_classes": data.num_classes, "epoch": cfg.epochs, "stage": job.stage,
-                "method": job.method, "params_hash": key, "vam": getattr(student, "vam_config", None),
+                "method": job.method, "params_hash": key, "vam": student.extension_config("vam"),
                 "method_parts": method.test_time_config() if method.part_of_student else None}
         extra = {"method": method.state_dict()} if method.part_of_student else {}  # e.g. letKD's KD layers
         checkpoint.save(job.out_dir / MODEL_FILE, {"model": student.state_dict(), "meta": meta, **extra})

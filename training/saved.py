@@ -12,6 +12,8 @@ from core.device import device
 from core.errors import KdlensError
 from models.vam import attach_vam
 
+METHOD_PARTS = "method_parts"  # the extension holding a method's test-time parts (saved as method_parts.*)
+
 
 def load_model(path: str | Path, dev: torch.device | None = None) -> models.Classifier:
     """Rebuild a network from a kdlens ``model.pt`` as it was evaluated: architecture and class count
@@ -21,8 +23,9 @@ def load_model(path: str | Path, dev: torch.device | None = None) -> models.Clas
     model = models.create(meta["arch"], meta["num_classes"])
     if meta.get("vam"):  # the VAM gates are part of the student's weights
         attach_vam(model, **meta["vam"])
-    if meta.get("method_parts"):
-        model.method_parts = methods.get(meta["method"]).restore_into(model, meta["method_parts"])
+    if meta.get("method_parts"):  # e.g. letKD's KD layers, wired into the forward by restore_into
+        parts = methods.get(meta["method"]).restore_into(model, meta["method_parts"])
+        model.attach_extension(METHOD_PARTS, parts, [], meta["method_parts"])
     try:
         load_weights(model, state)
     except RuntimeError as e:
@@ -34,6 +37,6 @@ def load_model(path: str | Path, dev: torch.device | None = None) -> models.Clas
 def load_weights(model: torch.nn.Module, state: dict) -> None:
     """Load a model.pt or kept checkpoint into a ``load_model`` network (method parts included)."""
     weights = state["model"]
-    if hasattr(model, "method_parts"):
-        weights = {**weights, **{f"method_parts.{k}": v for k, v in state["method"].items()}}
+    if model.has_extension(METHOD_PARTS):
+        weights = {**weights, **{f"{METHOD_PARTS}.{k}": v for k, v in state["method"].items()}}
     model.load_state_dict(weights)

@@ -111,10 +111,9 @@ def _sgd(params, lr: float, momentum: float, nesterov: bool, weight_decay: float
 
 
 def param_groups(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams) -> list[dict]:
-    """Optimizer groups: each named group of the student (``named_param_groups()``, if it has any) with
+    """Optimizer groups: each named group of the student (``named_param_groups()``; one by default) with
     its ``group_lr`` / ``frozen_epochs``, then the method's own parameters at the base rate."""
-    named = student.named_param_groups() if hasattr(student, "named_param_groups") else {
-        "weights": list(student.parameters())}
+    named = student.named_param_groups()
     for key, table in (("group_lr", cfg.group_lr), ("frozen_epochs", cfg.frozen_epochs)):
         unknown = sorted(set(table) - set(named))
         if unknown:
@@ -304,8 +303,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         _seed_epoch(seed, epoch, 1, world.rank)
-        if hasattr(student, "start_epoch"):
-            student.start_epoch(epoch)
+        student.start_epoch(epoch)
         student.train()
         method.train()
         rec = _train_epoch(forward, optimizer, scaler, train, epoch, lambda frac, e=epoch: lr_at(cfg, e - 1 + frac),
@@ -316,7 +314,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         ev = evaluate(student, test, desc=f"{name} test", world=world)
         record = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), **rec,
                   "test/top1": ev["top1"], "test/top5": ev["top5"], "test/loss": ev["loss"],
-                  **(student.epoch_diagnostics() if hasattr(student, "epoch_diagnostics") else {})}
+                  **student.epoch_diagnostics()}
         result.history.append(record)
         if not world.main:
             continue

@@ -42,7 +42,7 @@ trainer's evaluation — ``student(x)`` — is the full letKD network and accura
 The layers follow the student's train/eval mode at every call (the trainer puts only the student in eval
 mode), and a student carries at most one letKD wiring (building another method on it replaces it;
 ``unwire()`` removes it). The KD-layer scores of each forward ride on the returned Features
-(``letkd_scores``), which is what ``losses`` reads.
+(``extras["letkd_scores"]``), which is what ``losses`` reads.
 
 Deviations (and why): (1) the intermediate tap is a *stage output* chosen by ``supervision.inter_stage``
 (default −2), not "after the first block of the last stage" — kdlens exposes stage outputs, not blocks;
@@ -144,10 +144,11 @@ def inter_targets(f_t: torch.Tensor, labels: torch.Tensor, scalings: torch.Tenso
 
 
 # ------------------------------------------------------------------------------- wiring into a student
+WIRING = "letkd"  # the student's extension that passes its maps through the KD layers
 def wire(student: nn.Module, layers: nn.Module, producer: nn.Module | None) -> None:
     """Pass ``student``'s last stage through ``layers.penult`` (its pooled map and logits recomputed) and,
     with a ``producer`` module, that module's output through ``layers.inter``; the layers' scores ride on
-    the returned Features as ``letkd_scores``. ``unwire`` undoes it."""
+    the returned Features as ``extras["letkd_scores"]``. ``unwire`` undoes it."""
     pending: dict[str, torch.Tensor] = {}
 
     def through(layer: KDLayer, key: str, x: torch.Tensor) -> torch.Tensor:
@@ -161,8 +162,8 @@ def wire(student: nn.Module, layers: nn.Module, producer: nn.Module | None) -> N
         _, feats = output
         x_hat = through(layers.penult, "penult", feats.stages[-1])
         pooled = x_hat.mean(dim=(2, 3))
-        out = Features(stem=feats.stem, stages=[*feats.stages[:-1], x_hat], preact=feats.preact, pooled=pooled)
-        out.letkd_scores = dict(pending)
+        out = Features(stem=feats.stem, stages=[*feats.stages[:-1], x_hat], preact=feats.preact, pooled=pooled,
+                       extras={**feats.extras, "letkd_scores": dict(pending)})
         pending.clear()
         return model.classifier(pooled), out
 
@@ -170,13 +171,12 @@ def wire(student: nn.Module, layers: nn.Module, producer: nn.Module | None) -> N
     if producer is not None:
         undo.append(wrap_output(producer, lambda x: through(layers.inter, "inter", x)))
     undo.append(student.register_forward_hook(penult_hook).remove)
-    student.__dict__["_letkd_undo"] = undo
+    student.attach_extension(WIRING, None, undo)  # the layers' weights are the method's (or method_parts)
 
 
 def unwire(student: nn.Module) -> None:
     """Remove a letKD wiring from ``student`` (no-op if there is none)."""
-    for undo in student.__dict__.pop("_letkd_undo", []):
-        undo()
+    student.detach_extension(WIRING)
 
 
 # ------------------------------------------------------------------------------------------- methods
@@ -286,7 +286,7 @@ class LetKD(Method):
     # -- losses -------------------------------------------------------------------------------------
     def losses(self, student, teacher, targets, index, epoch):
         logits, feats = student
-        scores = getattr(feats, "letkd_scores", None)
+        scores = feats.extras.get("letkd_scores")
         if scores is None:
             raise RuntimeError("letKD: the student output has no KD-layer scores (not the student this method "
                                "was built on, or its wiring was removed)")
