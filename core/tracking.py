@@ -18,6 +18,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .schema import flatten
+from .schema import params_hash as hash_params
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -66,9 +69,19 @@ class StageRun:
             "params_hash": params_hash,
             **(tags or {}),
         }
+        self.key = params_hash
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._mlflow = None
+
+    @classmethod
+    def keyed(cls, stage: str, dataset: str, params: dict[str, Any], inputs: dict[str, str],
+              logged: dict[str, Any] | None = None, method: str = "") -> "StageRun":
+        """The run of a stage whose work is fixed by ``params`` (a slice of params.yaml) and ``inputs``
+        (SHA-256 of its input files): keyed by the hash of both (``run.key``, which also names the
+        stage's resumable work directory), logging the params, each input's short hash and ``logged``."""
+        return cls(stage, dataset, {**flatten(params), **{f"input.{k}": v[:12] for k, v in inputs.items()},
+                                    **(logged or {})}, hash_params({**params, **inputs}), method=method)
 
     def _warn(self, what: str, e: Exception) -> None:
         warnings.warn(f"MLflow {what} failed ({type(e).__name__}: {e}); the stage goes on without it",

@@ -1,16 +1,18 @@
-"""Knowledge metrics on sigma-entropy maps (Cheng et al., CVPR 2020; spec §2, §3).
+"""Knowledge metrics on sigma-entropy maps (Cheng et al., "Explaining Knowledge Distillation by Quantifying the
+Knowledge", CVPR 2020: the metrics of its Hypotheses 1-3).
 
 Inputs are entropy maps ``H = ln sigma + 1/2 ln(2 pi e)`` of shape ``[N, K, G, G]`` (images x checkpoints x
 grid; NaN where an image had no map, i.e. sigma_f = 0), foreground masks on the grid ``[N, G, G]`` (bool,
 True = foreground), the checkpoint epochs ``[K]`` (ascending, the last one is "final") and the analysed
-layer's cumulative weight distance at those epochs ``[K]`` (``engine.weight_distance``).
+layer's cumulative weight distance at those epochs ``[K]`` (``explain.weight_distance``).
 
-Definitions (kdlens = the spec; where kdlens deliberately differs from the upstream code it says so):
+Definitions (where kdlens deliberately differs from the upstream code, the authors' official implementation,
+it says so):
 
 * **Background baseline** ``Hbg[k]``: mean over the analysed images of the mean entropy of the image's
   background cells, one constant per checkpoint, per network run -- the upstream code's dataset-level
   value (the paper's text reads as a per-image background mean; ``background="per_image"`` gives that).
-  Student and baseline therefore have different baselines, by design (spec §5.4-8). Images without any
+  Student and baseline therefore have different baselines, by design (as upstream). Images without any
   background cell do not enter the average.
 * **Concept cell**: ``Hbg - H_i > b`` (b = 0.2 nats). ``N_fg`` / ``N_bg`` count them in the foreground /
   background cells, so ``N_fg + N_bg <= G^2``.
@@ -22,21 +24,21 @@ Definitions (kdlens = the spec; where kdlens deliberately differs from the upstr
   paper's name); ``D_var`` is reported next to it for parity. Both order two runs the same way.
   With ``skip_first=True`` checkpoint 0 is excluded from the argmax (upstream does this for ResNets) and
   the index is mapped back correctly -- upstream forgets the offset, so each of its peaks points one
-  checkpoint too early (spec §5.4-3); kdlens does not copy that.
+  checkpoint too early; kdlens does not copy that.
   ``slope = mean_x N(x, m) / WD(m)`` over the images whose WD(m) > 0 (upstream divides by zero when the
-  peak is at checkpoint 0, spec §5.4-4); the number of images left out is reported.
+  peak is at checkpoint 0); the number of images left out is reported.
   The same numbers are computed for background concepts.
 * **Stability** ``rho = mean_x |S_K(x)| / |union_k S_k(x)|``, S_k = concept cells of the region at
   checkpoint k, K the final checkpoint; an empty union contributes 0 (upstream) or is excluded, same flag
   as lambda. Reported for fg (the paper's rho), bg and all cells. It depends on the checkpoint grid.
-* **Effective-sample filter** (optional, spec §2.3): an image is dropped when, at any checkpoint at or
+* **Effective-sample filter** (optional, as in the upstream code): an image is dropped when, at any checkpoint at or
   after ``filter_min_epoch``, its mean foreground entropy is not below its mean background entropy
   (or either is undefined); ``filter_top_frac`` compares only the lowest fraction of each set
   (upstream's off-by-default ``Top10``). Images without a map (sigma_f = 0) at any checkpoint are always
   dropped (no metric exists for them) and counted separately. Upstream keeps the first 50 passing images
   of a random candidate list; kdlens keeps all passing images and reports the pass rate.
 
-The history snapshots of sigma are copies (upstream's alias bug, spec §5.4-2, lives in sigma
+The history snapshots of sigma are copies (upstream's alias bug lives in sigma
 estimation; see ``explain.sigma``).
 """
 from __future__ import annotations
@@ -70,9 +72,9 @@ def center_box(grid: int, frac: float = 1 / 6) -> np.ndarray:
 def downsample_masks(masks, grid: int, mode: str = "center") -> np.ndarray:
     """Pixel masks [N, H, W] (or [H, W]) -> [N, G, G] (or [G, G]) bool, foreground = value > 0.
 
-    ``center``: nearest neighbour at each cell's centre (PIL's NEAREST; the spec's nearest
+    ``center``: nearest neighbour at each cell's centre (PIL's NEAREST; upstream's nearest
     downsampling); ``nearest``: torch's legacy nearest (each cell's top-left pixel); ``any``: a cell is
-    foreground when any of its pixels is (for thin objects; not the spec's rule).
+    foreground when any of its pixels is (for thin objects; not upstream's rule).
     """
     m = np.asarray(masks) > 0
     single = m.ndim == 2
@@ -183,7 +185,7 @@ def peak_index(counts, skip_first: bool = False) -> np.ndarray:
     """[N, K] concept counts -> [N] index of the FIRST checkpoint with the most concepts.
 
     ``skip_first`` ignores checkpoint 0 and returns indices into the full list (the offset upstream
-    forgets for ResNets, spec §5.4-3).
+    forgets for ResNets).
     """
     n = np.asarray(counts)
     if skip_first:

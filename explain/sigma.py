@@ -1,4 +1,5 @@
-"""Information discarding: per-cell input-noise maps sigma (Cheng et al., CVPR 2020; spec §1, §6.1).
+"""Information discarding: per-cell input-noise maps sigma (Cheng et al., "Explaining Knowledge Distillation by
+Quantifying the Knowledge", CVPR 2020), on a grid sized for small images.
 
 For an input image x and a feature map f (ReLU'd), sigma is a G x G grid of noise scales, one per image
 cell, shared by the 3 colour channels and upsampled to the image with nearest interpolation. With
@@ -38,13 +39,13 @@ other images share its batch, and both implementations see exactly the same draw
 indices as ``image_ids``. Keeping the same ``seed`` across checkpoints and networks gives them common
 random numbers (the same noise), which makes their maps directly comparable.
 
-Deliberate differences from the upstream code (spec §5.4):
+Deliberate differences from the upstream code (the authors' official implementation):
 
-* the history stores copies of sigma (upstream's CPU snapshot aliased the parameter, bug 2);
+* the history stores copies of sigma (upstream's CPU snapshot aliased the parameter);
 * selection only considers steps that ran (upstream's never-run steps keep entropy 0 and could be picked
   when every real step is more than |H*| away from the target);
 * lambda_H / lr are config values (upstream hard-codes them per architecture and ignores its flags);
-* the ReLU on the feature is a flag (``relu``; upstream also applies it to logits, bug 5).
+* the ReLU on the feature is a flag (``relu``; upstream also applies it to logits).
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ class SigmaResult:
 
 
 def summary(result: SigmaResult, tolerance: float = 0.02, step_range: tuple[int, int] = (10, 60)) -> dict:
-    """Health numbers for logging (spec §5.3, §6.1): effective count, target hit rate, selected steps."""
+    """Health numbers for logging: effective count, target hit rate, selected steps."""
     eff = result.effective
     steps = result.selected_step[eff].double()
     gap = (result.selected_entropy[eff] - result.target).abs()

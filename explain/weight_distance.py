@@ -1,4 +1,4 @@
-"""Weight distance during training (Cheng et al., CVPR 2020; spec §3.1), for every layer at once.
+"""Weight distance during training (Cheng et al., CVPR 2020), for every layer at once.
 
 For each layer weight W (every conv and linear weight of the model; biases, BatchNorm and other
 parameters excluded) the recorder keeps, per epoch e::
@@ -9,7 +9,7 @@ parameters excluded) the recorder keeps, per epoch e::
 cumulative sum ``WD(k) = d_0 + ... + d_k`` with ``d_0 = 0`` (the distance at the checkpoint taken after
 k completed epochs: kdlens' ``epoch_{k:03d}.pt``), and the per-epoch form of the paper,
 ``||W_e - W_{e-1}||_F / ||W^(0)||_F`` (and its cumulative sum; by the triangle inequality the per-iteration
-path is never shorter). The spec's official form is the per-iteration one.
+path is never shorter). kdlens' official form is the per-iteration one, as in the authors' code.
 
 Differences from the upstream code: it records four fixed layers (conv, fc1, fc2, fc3 of its own
 architectures) into a (4, E+1) array; kdlens records every conv/linear weight by module name, so the

@@ -3,7 +3,6 @@ from dataset.store import load_prepared
 from core.device import device
 from core.files import sha256_file, write_json
 from training.saved import load_model
-from core.schema import flatten, params_hash
 from stages.params import load_params
 from core.stage import run_stage
 from methods.letkd.supervision import CARD, build_supervision, cluster_size_figure, faiss_use_gpu, save_supervision
@@ -20,10 +19,9 @@ def main() -> None:
     teacher_path = model_path("teacher")
     teacher = load_model(teacher_path, dev)
     inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
-    logged = {**flatten({"supervision": cfg}), **{f"input.{k}": v[:12] for k, v in inputs.items()},
-              "device": str(dev), "kmeans_device": "faiss-gpu" if faiss_use_gpu() else "faiss-cpu"}
-    key = params_hash({"supervision": cfg.model_dump(), **inputs})
-    with StageRun("build_supervision", data.card["name"], logged, key) as run:
+    logged = {"device": str(dev), "kmeans_device": "faiss-gpu" if faiss_use_gpu() else "faiss-cpu"}
+    with StageRun.keyed("build_supervision", data.card["name"], {"supervision": cfg.model_dump()}, inputs,
+                        logged) as run:
         built = build_supervision(teacher, data, cfg, dev)
         card = save_supervision(SUPERVISION, built.arrays, {**built.info, **inputs, "seconds": built.seconds})
         for step, value in enumerate(built.kmeans.inertia, start=1):
@@ -40,7 +38,7 @@ def main() -> None:
                    "code_perplexity": built.info["code_perplexity"],
                    "subclass_self_decision": built.info["subclass_self_decision"],
                    "locations": built.info["locations"], "seconds": built.seconds, "sha256": card["sha256"],
-                   "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": key}
+                   "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": run.key}
         write_json(metrics_path("supervision"), summary)
         run.log_artifact(SUPERVISION / CARD)
         run.log_artifact(metrics_path("supervision"))

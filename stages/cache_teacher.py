@@ -9,7 +9,6 @@ from core.device import device
 from core.files import atomic_dir, sha256_file, write_json
 from training.jobs import loaders
 from training.saved import load_model
-from core.schema import flatten, params_hash
 from stages.params import load_params
 from core.stage import run_stage
 from training.teacher import CARD, build_cache, frozen_teacher
@@ -26,11 +25,8 @@ def main() -> None:
     teacher_path = model_path("teacher")
     inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
     views = {"seed": p.seed, "epochs": train.epochs, "batch_size": train.batch_size, "augment": train.augment}
-    logged = {**flatten({"teacher_cache": cfg, "views": views}), "trainer.compile_teacher": p.trainer.compile_teacher,
-              **{f"input.{k}": v[:12] for k, v in inputs.items()}}
-    key = params_hash({"teacher_cache": cfg.model_dump(), "views": views,
-                       "compile_teacher": p.trainer.compile_teacher, **inputs})
-    with StageRun("cache_teacher", data.card["name"], logged, key) as run, atomic_dir(TEACHER_CACHE) as out:
+    params = {"teacher_cache": cfg.model_dump(), "views": views, "trainer.compile_teacher": p.trainer.compile_teacher}
+    with StageRun.keyed("cache_teacher", data.card["name"], params, inputs) as run, atomic_dir(TEACHER_CACHE) as out:
         card = {"enabled": False}
         if cfg.enabled:
             teacher = frozen_teacher(load_model(teacher_path, dev), data.train.images.shape[-1],
@@ -40,7 +36,7 @@ def main() -> None:
         else:
             write_json(out / CARD, card)
         summary = {**{k: card.get(k) for k in ("bytes", "seconds", "dtype", "top_k")}, "enabled": cfg.enabled,
-                   "mlflow_run_id": run.run_id, "params_hash": key}
+                   "mlflow_run_id": run.run_id, "params_hash": run.key}
         write_json(metrics_path("teacher_cache"), summary)
         if cfg.enabled:
             run.log_metrics({"cache/bytes": card["bytes"], "cache/seconds": card["seconds"]})

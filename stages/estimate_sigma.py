@@ -22,7 +22,6 @@ from core.device import device
 from core.errors import KdlensError
 from core.files import sha256_file, write_json, write_npz
 from training.saved import METHOD_PARTS, load_model, load_weights
-from core.schema import flatten, params_hash
 from stages.params import load_params
 from core.stage import run_stage
 from core.tracking import StageRun
@@ -56,17 +55,16 @@ def main() -> None:
     mean = torch.tensor(data.card["mean"], device=dev).view(1, -1, 1, 1) * 255.0
     std = torch.tensor(data.card["std"], device=dev).view(1, -1, 1, 1) * 255.0
     raw = torch.from_numpy(test.images[ids]).to(dev)
-    images = (raw.float() - mean) / std  # as engine.loader.Loader.normalise
+    images = (raw.float() - mean) / std  # as dataset.loader.Loader.normalise
     saved = model_path(role)
     model = load_model(saved, dev)
     ckpts = checkpoints(role)
     epochs = [e for e, _ in ckpts]
     method = p.method if role == "student" else "ce"
     inputs = {"data_sha256": data.card["sha256"], "model_sha256": sha256_file(saved)}
-    logged = {**flatten({"sigma": cfg}), "role": role, "epochs": str(epochs), "n_images": len(ids),
-              "device": str(dev), **{f"input.{k}": v[:12] for k, v in inputs.items()}}
-    key = params_hash({"sigma": cfg.model_dump(), "role": role, "epochs": epochs, **inputs})
-    with StageRun(f"estimate_sigma@{role}", data.card["name"], logged, key, method=method) as run:
+    params = {"sigma": cfg.model_dump(), "role": role, "epochs": epochs}
+    with StageRun.keyed(f"estimate_sigma@{role}", data.card["name"], params, inputs,
+                        {"n_images": len(ids), "device": str(dev)}, method) as run:
         t0 = time.perf_counter()
         results = []
         with tqdm(total=len(ckpts) * cfg.steps, desc=f"sigma {role}", disable=None) as bar:
@@ -101,7 +99,7 @@ def main() -> None:
             "target_entropy": float(results[0].target), "layer": f"{cfg.tap}[{cfg.index}]",
             "with_method_parts": model.has_extension(METHOD_PARTS),  # e.g. letKD's KD layers, as evaluated
             "per_checkpoint": {str(k): v for k, v in per_ckpt.items()}, "seconds": seconds,
-            "sha256": sha256_file(out_path), "mlflow_run_id": run.run_id, "params_hash": key,
+            "sha256": sha256_file(out_path), "mlflow_run_id": run.run_id, "params_hash": run.key,
         }
         write_json(metrics_path(f"sigma_{role}"), metrics)
         run.log_metrics({"n_effective": metrics["n_effective"], "hit_target_rate": metrics["hit_target_rate"],

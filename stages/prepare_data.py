@@ -3,7 +3,7 @@ import sys
 
 from dataset import prepare
 from core.files import write_json
-from core.schema import flatten, params_hash, read_yaml, validate
+from core.schema import read_yaml, validate
 from dataset.params import DataParams
 from core.stage import run_stage
 from core.tracking import StageRun
@@ -16,7 +16,7 @@ SHOWN = 3  # skipped files named on stderr (card.json names more)
 def main() -> None:
     # Only the data section: this stage reads nothing else, so it imports no model or method code.
     data = validate(DataParams, read_yaml(PARAMS).get("data", {}), str(PARAMS), "data.")
-    with StageRun("prepare_data", data.name, flatten({"data": data}), params_hash(data)) as run:
+    with StageRun.keyed("prepare_data", data.name, {"data": data.model_dump()}, {}) as run:
         card = prepare(data, DATA)
         skipped = card.get("skipped", {"images": 0, "masks": 0, "first": []})
         if skipped["first"]:

@@ -25,7 +25,6 @@ from core.device import device
 from core.errors import KdlensError
 from core.files import sha256_file, write_json
 from dataset.loader import Loader
-from core.schema import flatten, params_hash
 from models.vam import VamParams
 from training.params import StructureParams, TrainerParams, TrainParams
 from core.stage import work_dir
@@ -200,11 +199,10 @@ def _train_job(job: TrainJob) -> dict:
         inputs["teacher_sha256"] = sha256_file(job.teacher_path)
     if supervision is not None:
         inputs["supervision_sha256"] = supervision["card"]["sha256"]
-    key = params_hash({**job.params_slice, **inputs})
-    logged = {**flatten(job.params_slice), **{f"input.{k}": v[:12] for k, v in inputs.items()},
-              "device": str(dev), "trainer.nproc": world.size, "trainer.sync_bn": job.trainer.sync_bn,
+    logged = {"device": str(dev), "trainer.nproc": world.size, "trainer.sync_bn": job.trainer.sync_bn,
               **({"trainer.compile_teacher": job.trainer.compile_teacher} if use_teacher else {})}
-    with StageRun(job.stage, card["name"], logged, key, method=job.method) as run, work_dir(job.stage, key) as wd:
+    with StageRun.keyed(job.stage, card["name"], job.params_slice, inputs, logged, job.method) as run, \
+            work_dir(job.stage, run.key) as wd:
         run.log_metrics(counts)
         trained = train_network(
             job.arch, cfg, job.seed, job.method, job.method_params, data, wd, teacher=teacher, name=job.stage,
@@ -220,7 +218,7 @@ def _train_job(job: TrainJob) -> dict:
         # Outputs: final weights, kept checkpoints (moved out of the work dir), metrics and curves.
         job.out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"arch": job.arch, "num_classes": data.num_classes, "epoch": cfg.epochs, "stage": job.stage,
-                "method": job.method, "params_hash": key, "vam": student.extension_config("vam"),
+                "method": job.method, "params_hash": run.key, "vam": student.extension_config("vam"),
                 "method_parts": method.test_time_config() if method.part_of_student else None}
         extra = {"method": method.state_dict()} if method.part_of_student else {}  # e.g. letKD's KD layers
         checkpoint.save(job.out_dir / MODEL_FILE, {"model": student.state_dict(), "meta": meta, **extra})
@@ -243,7 +241,7 @@ def _train_job(job: TrainJob) -> dict:
             **{k.replace("/", "_"): v for k, v in counts.items()}, **structure,
             "kept_epochs": sorted(result.kept), "resumed_from_epoch": result.resumed_from,
             "teacher_source": trained.teacher_source, "nproc": world.size,
-            "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": key,
+            "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": run.key,
         }
         run.log_metrics({"final/test_top1": summary["test_top1"], "final/best_test_top1": summary["best_test_top1"],
                          **{f"final/{k}": v for k, v in structure.items() if isinstance(v, float)}})
