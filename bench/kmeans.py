@@ -1,8 +1,8 @@
 """faiss k-means (what ``build_supervision`` runs) against scikit-learn's KMeans on the same teacher features.
 
 The features are the teacher's last-stage locations over the un-augmented training set, exactly as the
-stage extracts them (``engine.supervision.teacher_features``), and faiss runs exactly as the stage does
-(``engine.supervision.kmeans``: all points, AFK-MC² seeding by default). Both get the same k, iteration
+stage extracts them (``methods.letkd.supervision.teacher_features``), and faiss runs exactly as the stage does
+(``methods.letkd.supervision.kmeans``: all points, AFK-MC² seeding by default). Both get the same k, iteration
 count, init count and seed, and a k-means++-type seeding (scikit-learn's default greedy k-means++);
 scikit-learn runs Lloyd with ``tol=0`` so it does all its iterations too (faiss stops only when the
 objective no longer changes). The final inertia of both is computed by the same exact L2 search

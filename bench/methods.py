@@ -4,13 +4,13 @@ For each registered method: the median wall time of one full training step (stud
 teacher forward, the method's losses, backward, SGD step) divided by the same for ``ce``, the two
 alternated step by step in this one run (a shared machine's load then hits both alike), and the
 method's extra parameter count (connectors, embeddings, memory banks). The teacher
-runs as the trainer runs it by default: BN-folded, eval mode, compiled (engine/teacher.py;
+runs as the trainer runs it by default: BN-folded, eval mode, compiled (training/teacher.py;
 ``--no-compile-teacher`` = ``trainer.compile_teacher: false``). Two more columns:
 
 * ``cache``: the same ratio when the teacher's logits come from the teacher-output cache (stage
   ``cache_teacher``; only for the methods that read nothing else: kd, dkd);
 * ``reference``: the reference framework's own ratio for that method and pair, measured on this machine
-  kind (issue 9); where it gave a range for a group of methods the upper end is used.
+  kind; where it gave a range for a group of methods the upper end is used.
 
     python bench/methods.py [--pair resnet56,resnet20 | --pair resnet32x4,resnet8x4 | --pair both]
                             [--batch 64] [--steps 12] [--methods kd,dkd,...] [--no-compile-teacher]
@@ -36,7 +36,7 @@ from training.jobs import reads_teacher_logits_only  # noqa: E402
 from training.teacher import frozen_teacher  # noqa: E402
 
 _SAME = ("kd", "at", "fitnet", "pkt", "sp", "rkd", "dkd")
-REFERENCE = {  # step / CE step of the reference framework's distillers, issue 9's table
+REFERENCE = {  # step / CE step of the reference framework's distillers, measured on this machine kind
     ("resnet56", "resnet20"): {**dict.fromkeys(_SAME, 1.85), "vid": 2.0, "kdsvd": 2.2, "ofd": 2.35,
                                "reviewkd": 2.9, "nst": 4.0, "crd": 5.8},
     ("resnet32x4", "resnet8x4"): {**dict.fromkeys(_SAME, 2.53), "vid": 2.8, "kdsvd": 3.0, "ofd": 3.2,

@@ -6,7 +6,7 @@ One process is the default and runs exactly as if this module did not exist. Wit
 DVC still sees one command, its exit code and its outputs. In each worker, ``process_group`` joins the
 ranks (nccl on CUDA, one GPU per process; gloo on CPU), and the trainer:
 
-* gives each rank a disjoint share of every global batch (engine/loader.py): one step of N ranks sees
+* gives each rank a disjoint share of every global batch (dataset/loader.py): one step of N ranks sees
   exactly the samples, and views, of one step of one process with the same ``batch_size``;
 * averages the gradients of the parameters it optimises with DDP (``replicate``), and the BatchNorm
   running statistics at the end of every epoch (``World.average_batchnorm``): with per-rank batch

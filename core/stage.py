@@ -30,7 +30,7 @@ def work_dir(stage: str, key: str) -> Iterator[Path]:
     DVC deletes a stage's outputs before running it, so resumable state lives outside them, under
     ``.dvc/tmp/kdlens/`` (git-ignored by DVC). It is removed once the stage succeeds. If another process
     already holds the same directory (two queued experiments with identical inputs), this one gets a
-    private directory and simply does not resume. Under torchrun (engine/distributed.py) rank 0 chooses,
+    private directory and simply does not resume. Under torchrun (core/distributed.py) rank 0 chooses,
     locks and finally removes it, and every rank uses rank 0's choice.
     """
     ranks = world()

@@ -88,7 +88,7 @@ class StageRun:
                       stacklevel=3)
 
     def __enter__(self) -> "StageRun":
-        if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0 (engine/distributed.py)
+        if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0 (core/distributed.py)
             return self  # logs nothing: one run per stage
         try:
             import mlflow

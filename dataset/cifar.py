@@ -17,7 +17,7 @@ _PRETTY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
 def _dataset_classes() -> dict:
-    # Imported here so that importing engine.datasets (e.g. for scenes) does not pull in torchvision.
+    # Imported here so that importing the dataset package (e.g. for scenes) does not pull in torchvision.
     from torchvision.datasets import CIFAR10, CIFAR100
 
     return {"cifar10": CIFAR10, "cifar100": CIFAR100}

@@ -5,7 +5,7 @@ arms is therefore across experiments, and MLflow is where all of them are: every
 its params, final accuracy, parameter counts and (for an LTB student) its stage-1 gate entropies and
 ``routing.json``. This reads those runs and writes one side-by-side table plus the two verdicts:
 
-* KDExplainer's claim (spec A11): KD gives lower routing entropy than CE and than label smoothing, per
+* KDExplainer's claim (Xue et al., IJCAI 2021): KD gives lower routing entropy than CE and than label smoothing, per
   LTB architecture, from the three arms' stage-1 routing at the reference temperature;
 * VAM: each (architecture, method) trained with and without ``vam.enabled``: accuracy change and
   parameter cost.

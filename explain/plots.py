@@ -23,7 +23,7 @@ def training_curves(histories: dict[str, list[dict]]):
     return fig
 
 
-# --- sigma / knowledge figures (issue 5) ------------------------------------------------------------
+# --- sigma / knowledge figures ----------------------------------------------------------------------
 
 ENTROPY_RANGE = (-4.5, -2.3)  # the colour range of the reference's entropy heat maps ('hot')
 

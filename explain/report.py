@@ -60,7 +60,7 @@ def markdown(report: dict, tracking_uri: str, experiment_id: str | None) -> str:
     return "\n".join(lines)
 
 
-# --- knowledge metrics (issue 5; explain/knowledge.py, spec §2-§3) ---------------------------------
+# --- knowledge metrics (explain/knowledge.py; Cheng et al., CVPR 2020) -----------------------------
 
 KNOWLEDGE_ROLES = ("baseline", "student")
 
@@ -106,7 +106,7 @@ def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, c
         fg = np.where(exact[:, None, None], downsample_masks(masks, grid, sigma_cfg.mask_mode), box)
         how = (f"downsampled to {grid}x{grid} (mode `{sigma_cfg.mask_mode}`"
                + (": a cell is foreground if any of its pixels is" if sigma_cfg.mask_mode == "any" else "") + ")")
-        origin = card.get("mask_source")  # where a folder dataset's masks came from (engine/datasets/folder.py)
+        origin = card.get("mask_source")  # where a folder dataset's masks came from (dataset/folder.py)
         if origin is None:
             mask_source = f"exact {card['name']} masks {how}"
         else:
@@ -175,7 +175,7 @@ def knowledge_markdown(k: dict, method: str) -> str:
         lines.append(f"- **{key}** ({h['claim']}): **{'holds' if h['holds'] else 'does not hold'}** — {checks}")
     lines += [
         "",
-        "Definitions (spec §2–§3):",
+        "Definitions (Cheng et al., CVPR 2020, Sec. 3):",
         "",
         "- Cell entropy H_i = ln σ_i + ½ ln(2πe) on the σ grid, with σ the per-cell input noise learned at the "
         "same entropy budget for every map (`estimate_sigma`).",
@@ -211,7 +211,7 @@ def knowledge_markdown(k: dict, method: str) -> str:
     return "\n".join(lines)
 
 
-# --- routing of a learned-structure (LTB) student (issue 6; explain/routing.py, KDExplainer spec A12) ---
+# --- routing of a learned-structure (LTB) student (explain/routing.py; KDExplainer, Xue et al., IJCAI 2021) ---
 
 ROUTING_LEVELS = ("level1", "level2", "level3")
 

@@ -1,4 +1,5 @@
-"""Routing explanations for the LTB tree student (KDExplainer, spec A3 and A12).
+"""Routing explanations for the LTB tree student of KDExplainer (Xue et al., "KDExplainer: A Task-oriented Attention
+Model for Explaining Knowledge Distillation", IJCAI 2021).
 
 Every function is pure. It takes the three preference matrices pi_1 [4, 2], pi_2 [8, 4], pi_3 [K, 8]
 (``LTB.preferences()``, as torch tensors or array-likes) and returns plain data or a matplotlib figure.
@@ -42,7 +43,7 @@ def _choices(prefs) -> list[list[int]]:
 
 
 def class_paths(prefs) -> list[tuple[int, int, int]]:
-    """Per class k, the experts (p1, p2, p3) its hard path passes through (spec A3).
+    """Per class k, the experts (p1, p2, p3) its hard path passes through.
 
     p3 = argmax pi_3[k], p2 = argmax pi_2[p3], p1 = argmax pi_1[p2].
     """

@@ -10,7 +10,7 @@ adaptive-average-pooled to the smaller one's H x W. The method loss is the sum o
 
     L = w_ce * CE(z_s, y) + w_at * sum_stages mean_{b,hw} (a(f_s) - a(f_t))^2
 
-Features: the post-activation ``stages`` (the references' ``feats[1:]`` / ``feat[1:-1]``, spec B6.2, C2). When
+Features: the post-activation ``stages`` (mdistiller's ``feats[1:]`` / RepDistiller's ``feat[1:-1]``). When
 the two nets have different stage counts (3 for CIFAR ResNets and ShuffleV1, 4 for VGG, WRN, ResNet18/34/50
 and ShuffleV2, 5 for MobileNetV2) the last k = min(n_s, n_t) stages are paired from the deep end
 (``methods.common.pair_from_end``). Deviation: kdlens' extra final tap (WRN's ReLU(BN(group 3)), MobileNetV2's
@@ -19,7 +19,7 @@ get a fourth term, and in cross-family pairs such as wrn_40_2->ShuffleV1, vgg13-
 resnet32x4->ShuffleV2 the pairing differs from the references' zip from the shallow end (identical whenever
 the counts agree). AT has no learnable parts and is defined for every zoo pair.
 
-Defaults (spec B6.2 mdistiller CIFAR/ImageNet yaml, C2 RepDistiller): p = 2, at_weight = 1000,
+Defaults (mdistiller CIFAR/ImageNet yaml, RepDistiller): p = 2, at_weight = 1000,
 ce_weight = 1.0.
 
 Deviations: the paper's |f|^p is used (mdistiller/RepDistiller omit the abs; identical for p = 2 and for

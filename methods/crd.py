@@ -4,7 +4,7 @@ The student's embedding of a sample must pick out the teacher's embedding of the
 teacher embeddings of samples of other classes (and vice versa), by noise-contrastive estimation.
 
 Embeddings: v_s = normalize(W_s f_s + b_s), v_t = normalize(W_t f_t + b_t), both 128-d and L2-normalised,
-from the pooled (GAP) features (spec B6.11; RepDistiller C2 ``feat[-1]``). The input widths come from the
+from the pooled (GAP) features (mdistiller; RepDistiller ``feat[-1]``). The input widths come from the
 actual pooled sizes of the two networks (``models.base.feature_shapes``), never from a config. Both
 linear maps are learnable; the teacher's features are detached, so its map is trained by the loss only.
 
@@ -29,8 +29,8 @@ NCE loss with uniform noise Pn = 1/N_train, summed over the batch and divided by
 After the loss, the batch rows of both banks move towards the new embeddings (training mode only):
 m_i <- normalize(momentum * m_i + (1 - momentum) * v_i).
 
-Defaults (spec B6.11, C2, mdistiller CIFAR config): ce_weight = 1.0, crd_weight = 0.8, feat_dim = 128,
-num_negatives K = 16384, temperature tau = 0.07, momentum = 0.5. (KD-Zoo D2 uses tau = 0.1.)
+Defaults (mdistiller CIFAR config, RepDistiller): ce_weight = 1.0, crd_weight = 0.8, feat_dim = 128,
+num_negatives K = 16384, temperature tau = 0.07, momentum = 0.5. (KD-Zoo uses tau = 0.1.)
 
 Deviations from the references, and why:
 * K is clamped to what the data set can provide: K_eff = min(K, N_train - size of the largest class),
@@ -50,7 +50,7 @@ Deviations from the references, and why:
 * The banks are not updated when the method is in eval mode. Scores and the loss run in float32 with
   autocast off (exp(1/0.07) overflows float16).
 * A training set of a single class has no negatives: MethodNotApplicable. CRD needs ``ctx.train_labels``.
-* Across training processes (torchrun, engine/distributed.py) each rank holds the whole banks and scores
+* Across training processes (torchrun, core/distributed.py) each rank holds the whole banks and scores
   its share of the batch; every rank applies the rows of the whole global batch (gathered) and Z is the
   mean over the ranks' first shares, so the banks and Z are the same on every rank and match one process.
   Negatives are drawn per rank (the trainer seeds the ranks apart).

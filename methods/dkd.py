@@ -12,11 +12,11 @@ With p = softmax(z / T) over the N classes and g the ground-truth class of a sam
 
 Only the logits are used, so every student/teacher pair of the zoo is served.
 
-Defaults (spec seeds_expkd_mdistiller_zoo.md, B6.13, mdistiller CIFAR defaults): ce_weight=1.0, alpha=1.0,
-beta=8.0, T=4.0, warmup=20 (epochs). beta is tuned **per pair** in the reference configs (B6.13 table:
+Defaults (mdistiller CIFAR defaults): ce_weight=1.0, alpha=1.0,
+beta=8.0, T=4.0, warmup=20 (epochs). beta is tuned **per pair** in the reference configs (mdistiller:
 res56->res20 2, res110->res32 2, res32x4->res8x4 8, vgg13->vgg8 6, wrn40_2->wrn16_2 6, wrn40_2->wrn40_1 6,
-vgg13->MV2 6, res32x4->ShuV1 8, res32x4->ShuV2 8, res50->MV2 8, wrn40_2->ShuV1 8; res50->wrn16_2 6 per
-mdistiller issue #6; ImageNet r34->r18 beta 0.5 / T 1 / warmup 1, r50->mv1 beta 2 / T 1 / warmup 1): set
+vgg13->MV2 6, res32x4->ShuV1 8, res32x4->ShuV2 8, res50->MV2 8, wrn40_2->ShuV1 8; res50->wrn16_2 6, the
+DKD paper's value; ImageNet r34->r18 beta 0.5 / T 1 / warmup 1, r50->mv1 beta 2 / T 1 / warmup 1): set
 ``methods.dkd.beta`` for the pair being run.
 
 The two parts are reported as separate named terms, ``tckd`` and ``nckd`` (each already multiplied by

@@ -1,8 +1,7 @@
-"""``exp_kd``: Exp-KD, "Explainability-based knowledge distillation", Pattern Recognition (authors and
-year are not recorded in the spec, whose authors read only the abstract; code Blenderama/Exp-KD, a fork
-of mdistiller, 2022-2024): the student matches the teacher's class activation maps (CAMs). Spec:
-seeds_expkd_mdistiller_zoo.md A2 (what the code computes), A5 (the saliency map used for evaluation:
-``cam_saliency``), A7 (the clean-room distiller implemented here).
+"""``exp_kd``: Exp-KD, "Explainability-based knowledge distillation", Pattern Recognition (code:
+Blenderama/Exp-KD, a fork of mdistiller, 2022-2024): the student matches the teacher's class activation
+maps (CAMs). Beyond the paper's abstract, what is implemented here follows that code and its framework
+figure (its saliency map for evaluation is ``cam_saliency``).
 
 CAM of class c on a final pre-pooling map F (C x H x W) with the network's own linear head W (N x C):
 
@@ -28,18 +27,18 @@ stack M (B x k x H x W) is normalised (``norm``):
             which makes the weight independent of the batch size)
     L     = ce_weight * CE(z_s, y) + cam_weight * min(epoch / warmup, 1) * L_cam   (+ optional KD / DKD)
 
-Intended vs coded. The Exp-KD HEAD loss (A2.4) takes the softmax over the batch axis and compares the
+Intended vs coded. The Exp-KD HEAD loss takes the softmax over the batch axis and compares the
 *mean* of the student's P, which is identically 1/B, so L_cam is constant in the student's weights and
 HEAD Exp-KD trains with CE only. We implement the INTENDED loss: the 2022 first commit's class-axis
-softmax (A2.5, matching the paper figure's "L2 loss between CAMs"), ``norm="softmax_class"``, on HEAD's
-class selection (the teacher's top-k, A2.1) and resolution alignment (A2.3). The
+softmax (matching the paper figure's "L2 loss between CAMs"), ``norm="softmax_class"``, on HEAD's
+class selection (the teacher's top-k) and resolution alignment. The
 degenerate loss is available only as ``softmax_batch_as_coded``, a documented sanity check whose student
 gradient is ~0 (tested); it is never a sensible training choice.
 
-Defaults (A7; these are OUR defaults, not the paper's, which does not specify a working loss):
+Defaults (these are OUR defaults, not the paper's, which does not specify a working loss):
 ce_weight=1, T=1, class_set=topk_teacher, k=30, agg=mean, norm=softmax_class, reduction=batchmean,
 resize_to=student, warmup=1 (no warm-up), combine_with=none. ``cam_weight`` has no trustworthy upstream
-value (Exp-KD's FEAT_WEIGHT is read but never used at HEAD, and its per-pair values in A3 span 0.5 to
+value (Exp-KD's FEAT_WEIGHT is read but never used at HEAD, and its per-pair config values span 0.5 to
 50000). With agg=mean a CAM pixel is a per-pixel logit divided by C, so a T=1 class softmax is close to
 uniform and the scale of L_cam depends strongly on C, N and H x W. The default 100 puts the CAM term's
 student-gradient norm at the order of the CE's for kdlens's default profile pair (resnet20 -> resnet8,
@@ -48,14 +47,14 @@ asks for about 1e4 for resnet32x4 -> resnet8x4 and about 5e6 for vgg8 -> MobileN
 maps), both at 100 classes: SET cam_weight PER PAIR. (norm=l2_spatial is far less pair-dependent: the same
 measurement gives a CAM/CE gradient ratio of 10 to 90 at cam_weight=1 over those pairs and wrn_40_2 ->
 wrn_16_2.) The Exp-KD cfg keys K=50, ALPHA, BETA, METHOD, UPSAMPLE and WARMUP are unused upstream and
-not exposed; ``warmup`` here is A7's (default 1 = none).
+not exposed; ``warmup`` here is kdlens' own (default 1 = none).
 
-Optional combination (A7): ``combine_with="kd"`` adds ``combine_weight * kd_loss(T=combine_T)`` as term
+Optional combination: ``combine_with="kd"`` adds ``combine_weight * kd_loss(T=combine_T)`` as term
 "kd"; ``combine_with="dkd"`` adds DKD's two terms "tckd" and "nckd" (``combine_weight * (tckd +
 dkd_beta * nckd)`` at T=combine_T), both without warm-up; they reuse ``methods.kd`` / ``methods.dkd``.
 
 Every zoo model exposes a Linear head whose in_features equal the channels of ``stages[-1]`` (WRN,
-MobileNetV2 and ShuffleV2 use Exp-KD's extra BN-ReLU / 1x1-conv tap, A4), so every pair is served.
+MobileNetV2 and ShuffleV2 use Exp-KD's extra BN-ReLU / 1x1-conv tap), so every pair is served.
 """
 from __future__ import annotations
 
@@ -85,7 +84,7 @@ def class_activation_maps(feat: torch.Tensor, weight: torch.Tensor, classes: tor
 
 def cam_saliency(feat: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor,
                  out_size: int | tuple[int, int]) -> torch.Tensor:
-    """Exp-KD's evaluation saliency (A5): the channel-mean CAM of each sample's top-predicted class, no
+    """Exp-KD's evaluation saliency: the channel-mean CAM of each sample's top-predicted class, no
     ReLU, min-max normalised per image to [0, 1], bilinearly upsampled to ``out_size``. [B, H', W']."""
     m = class_activation_maps(feat, weight, logits.argmax(dim=1, keepdim=True), "mean", relu=False)
     lo = m.amin(dim=(2, 3), keepdim=True)

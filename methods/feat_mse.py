@@ -1,5 +1,5 @@
 """``feat_mse``: layer-feature regression, the distillation used by Cheng, Rao, Chen & Zhang, "Explaining
-Knowledge Distillation by Quantifying the Knowledge", CVPR 2020 (spec seed_sigma_knowledge.md section 4.2).
+Knowledge Distillation by Quantifying the Knowledge", CVPR 2020 (its experimental setup).
 
 The student learns to regress the teacher's PRE-ReLU feature of one layer l with an element-mean MSE:
 
@@ -29,9 +29,9 @@ weight decay 1e-4), (2) 100 epochs with CE on the layers above l, the layers up 
   frozen layers' BatchNorms still update their running statistics while the student is in train mode.
 
 Defaults (no joint-loss weight exists in the paper): stage = -1, ce_weight = 1.0, feat_weight = 100 (the
-weight of the analogous element-mean feature regression FitNet, spec C2 / B6.3), two_phase = False,
-phase_epochs = 30 (the length of RepDistiller's init stages, spec C2), phase_lr = 0.05 (the CIFAR student
-LR, spec B7), freeze_lower = True (paper, section 4.2).
+weight of the analogous element-mean feature regression FitNet in RepDistiller / mdistiller), two_phase = False,
+phase_epochs = 30 (the length of RepDistiller's init stages), phase_lr = 0.05 (mdistiller's CIFAR
+student LR), freeze_lower = True (the paper's setup).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from .base import Method, MethodParams, Phase, cross_entropy_term
 from .common import check_stage_index, conv1x1_bn, pool_to
 from .registry import register
 
-PHASE_WEIGHT_DECAY = 1e-4  # paper's phase-1 weight decay (spec seed_sigma_knowledge.md section 4.2)
+PHASE_WEIGHT_DECAY = 1e-4  # paper's phase-1 weight decay (its experimental setup)
 
 
 def feat_mse_loss(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ teacher's hint map f_t (same C, H, W), and
 
     L = w_ce * CE(z_s, y) + w_hint * mean_{b,c,h,w} (r(f_s) - f_t)^2
 
-ConvReg (spec B6.3; ``methods.common.conv_regressor``): a 3x3 stride-2 conv if H_s = 2 H_t, a 4x4 stride-2
+ConvReg (mdistiller's; ``methods.common.conv_regressor``): a 3x3 stride-2 conv if H_s = 2 H_t, a 4x4 stride-2
 transposed conv if 2 H_s = H_t, otherwise a valid conv of kernel (1 + H_s - H_t) (1x1 when the sizes
 match), then BatchNorm, then ReLU. It is trained jointly with the student (one stage, no separate hint
 pre-training as in the original paper, following mdistiller/RepDistiller).
@@ -18,7 +18,7 @@ family, so H_s/H_t is 1, 2 or 1/2. Other choices of ``hint_stage`` raise MethodN
 student map is smaller than the teacher's and not exactly half its size (ConvReg is undefined there), or
 when the index does not exist in one of the nets.
 
-Defaults (spec B6.3 mdistiller, C2 RepDistiller "hint"): hint_stage = 1, hint_weight = 100, ce_weight = 1.0.
+Defaults (mdistiller, RepDistiller "hint"): hint_stage = 1, hint_weight = 100, ce_weight = 1.0.
 """
 from __future__ import annotations
 

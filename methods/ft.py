@@ -1,6 +1,6 @@
 """``ft``: Factor Transfer. Kim, Park, Kwak, "Paraphrasing Complex Network: Network Compression via
-Factor Transfer", NeurIPS 2018. Spec seeds_expkd_mdistiller_zoo.md C2 (RepDistiller: inputs, beta) and
-D2 (KD-Zoo: loss form, k, paraphraser schedule).
+Factor Transfer", NeurIPS 2018. Follows RepDistiller (inputs, beta) and KD-Zoo (loss form, k, paraphraser
+schedule).
 
 Two learnable parts, both working on the last pre-pooling map (``stages[-1]``; RepDistiller's feat[-2],
 KD-Zoo's rb3):
@@ -18,13 +18,14 @@ KD-Zoo's rb3):
     L            = ce_weight * CE(z_s, y) + ft_weight * FT(F_s, F_t)
 
 When the student and teacher maps differ in size, the larger factor is average-pooled to the smaller
-one's H x W before flattening. ``factor="attention"`` switches to RepDistiller's variant (C2): each
+one's H x W before flattening. ``factor="attention"`` switches to RepDistiller's variant: each
 factor is first reduced to its channel mean of squares (an AT-like H x W map).
 
-Defaults: ce_weight=1, ft_weight=200 (C2/D2), factor_rate=0.5 (D2), paraphraser_epochs=30 (C2/D2; kdlens's
-small default profiles may override it), paraphraser_lr=0.01 (C2: 0.01 for ResNet/WRN students; D2: the
-student lr x 0.1), with the Phase's SGD momentum 0.9 and weight decay 5e-4. The L1 is a mean over the
-batch and the factor elements, as both reference codes do (the paper writes the p=1 norm, a sum).
+Defaults: ce_weight=1, ft_weight=200 (RepDistiller/KD-Zoo), factor_rate=0.5 (KD-Zoo), paraphraser_epochs=30
+(RepDistiller/KD-Zoo; kdlens's small default profiles may override it), paraphraser_lr=0.01 (RepDistiller:
+0.01 for ResNet/WRN students; KD-Zoo: the student lr x 0.1), with the Phase's SGD momentum 0.9 and weight
+decay 5e-4. The L1 is a mean over the batch and the factor elements, as both reference codes do (the paper
+writes the p=1 norm, a sum).
 
 Freezing / which parameters the trainer optimises. The trainer puts every method parameter with
 ``requires_grad`` into the main SGD when ``fit`` starts, and runs ``phases()`` after that. This method

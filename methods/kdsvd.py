@@ -18,7 +18,7 @@ s_l its top singular values divided by their L2 norm.
 
     L = w_ce * CE(z_s, y) + w_kdsvd * L_kdsvd
 
-Features: the post-activation ``stages`` (spec B6.9 "feats[1:]"; RepDistiller C2 ``feat[1:-1]``), paired
+Features: the post-activation ``stages`` (mdistiller "feats[1:]"; RepDistiller ``feat[1:-1]``), paired
 from the deep end when the stage counts differ (``common.pair_from_end``). The alignment compares student
 and teacher singular vectors, which live in channel space, so every paired stage must have the same
 channel count in student and teacher; otherwise the method is undefined: MethodNotApplicable. Spatial
@@ -26,8 +26,8 @@ sizes may differ (the vectors do not depend on H*W). Applicable zoo pairs are th
 CIFAR ResNets among themselves (resnet8..110), resnet8x4/32x4, wrn_16_1/40_1, wrn_16_2/40_2, the VGGs,
 ResNet18/34, and any architecture with itself. No learnable parts.
 
-Defaults (spec B6.9, mdistiller): K = 1, student_extra = 3 (K+3 student vectors), kdsvd_weight = 1.0,
-ce_weight = 1.0. RBF width 8 is fixed as in the spec.
+Defaults (mdistiller): K = 1, student_extra = 3 (K+3 student vectors), kdsvd_weight = 1.0,
+ce_weight = 1.0. RBF width 8 is fixed as in the references.
 
 Numerical safety and deviations from the references (mdistiller/RepDistiller), and why:
 * The right singular vectors are computed by a custom autograd function (``top_right_singular``) whose
@@ -37,8 +37,8 @@ Numerical safety and deviations from the references (mdistiller/RepDistiller), a
   PyTorch's generic SVD backward divides by the gaps of *all* pairs, so the repeated zero singular values
   of ReLU maps with dead channels turn the whole gradient into NaN (0/0) even though those vectors are
   not used; here the gradient stays finite and non-zero. Non-finite inputs, outputs and gradients are
-  set to 0 (the references' "removenan" on u, s, v), as are non-finite loss entries (spec B6.9).
-* The map is reshaped to [B, H*W, C] with a permute, as the spec and the paper (NHWC) define it; a plain
+  set to 0 (the references' "removenan" on u, s, v), as are non-finite loss entries (as mdistiller does).
+* The map is reshaped to [B, H*W, C] with a permute, as the paper (NHWC) defines it; a plain
   ``view`` of an NCHW tensor would give [B, C*H, W] and decompose over width instead of channels.
 * Each singular vector's sign is fixed so that its entries sum to >= 0 (for a post-ReLU map the top vector
   is then entrywise non-negative). The references leave the sign to the LAPACK backend, and since the

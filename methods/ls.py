@@ -1,6 +1,6 @@
 """``ls``: label smoothing (Szegedy et al., "Rethinking the Inception Architecture", CVPR 2016), no teacher.
 
-The KDExplainer paper compares KD against label smoothing (spec seeds_kdexplainer_letkd.md A7, A11): KD "has
+The KDExplainer paper (Xue et al., IJCAI 2021) compares KD against label smoothing: KD "has
 much more to offer than label smoothing". This is that arm, on any student. With K classes and ε in [0, 1):
 
     q   = (1 − ε)·onehot(y) + ε/K        (ε/K on *every* class, the target included)

@@ -16,7 +16,7 @@ sum_{i,j} (x_i . y_j)^2 = ||X Y^T||_F^2 = <X^T X, Y^T Y>_F, so each sum is a bat
 [B, C_x, C_y] or [B, N, N], whichever is smaller; no [B, C, C, N] tensor is ever built (the references
 broadcast one). The teacher-teacher term carries no gradient (the teacher map is detached).
 
-Features: the post-activation ``stages`` (spec B6.4 / C2 ``feat[1:-1]``), paired from the deep end when the
+Features: the post-activation ``stages`` (mdistiller; RepDistiller ``feat[1:-1]``), paired from the deep end when the
 stage counts differ (``methods.common.pair_from_end``), the larger map adaptive-average-pooled to the smaller
 H x W. Channel counts may differ (MMD compares sets of any sizes), so NST has no learnable parts and is
 defined for every zoo pair. Deviation: kdlens' extra final tap (WRN's ReLU(BN(group 3)), MobileNetV2's
@@ -25,7 +25,7 @@ get a fourth term, and in cross-family pairs such as wrn_40_2->ShuffleV1, vgg13-
 resnet32x4->ShuffleV2 the pairing differs from the references' zip from the shallow end (identical whenever
 the counts agree).
 
-Defaults (spec B6.4, C2): nst_weight = 50, ce_weight = 1.0, d = 2, c = 0 (fixed: the Gram identity above
+Defaults (mdistiller, RepDistiller): nst_weight = 50, ce_weight = 1.0, d = 2, c = 0 (fixed: the Gram identity above
 is what makes the d = 2, c = 0 kernel cheap).
 """
 from __future__ import annotations

@@ -20,9 +20,9 @@ OFD distils the teacher's features *before* the ReLU, through a connector on the
 
     L = w_ce * CE(z_s, y) + w_ofd * sum_i partial_L2_i / 2^(n-1-i)
 
-Features: ``preact`` of every stage (spec B6.10 ``preact_feats[1:]``), paired from the deep end when the
+Features: ``preact`` of every stage (mdistiller's ``preact_feats[1:]``), paired from the deep end when the
 stage counts differ (``methods.common.pair_from_end``); the larger map is adaptive-average-pooled to the
-smaller H x W (the student before its connector, or the teacher target: the spec's "t pooled to the student
+smaller H x W (the student before its connector, or the teacher target: mdistiller's "t pooled to the student
 size"). A stage whose pre-activation merely repeats the previous one is skipped on either side
 (``distinct_preact_stages``): WRN's final tap re-exposes group 3's pre-activation (the same BN output), so
 WRN contributes its three groups, exactly the reference's ``preact_feats[1:]``, and wrn->wrn pairs keep the
@@ -30,11 +30,11 @@ reference's stage weights 1/4, 1/2, 1. Served for every zoo pair: every zoo mode
 ``bn_before_relu()`` (ShuffleNetV2 through a per-channel routed view). A teacher without it raises
 MethodNotApplicable.
 
-Defaults (spec B6.10, CIFAR yaml): ofd_weight = 1e-3, ce_weight = 1.0.
+Defaults (mdistiller's CIFAR yaml): ofd_weight = 1e-3, ce_weight = 1.0.
 
 Deviations:
 * Teacher mode: kdlens keeps the teacher in eval mode (running BN statistics, nothing updated). Upstream
-  OFD (the original code and mdistiller's override of ``train()``, spec B9.3) leaves the teacher in train
+  OFD (the original code and mdistiller's override of ``train()``) leaves the teacher in train
   mode, so its BN uses batch statistics and its running statistics drift during distillation.
 * Margins use |gamma| as the standard deviation (gamma may be negative; the Gaussian reading needs s > 0).
 """

@@ -11,12 +11,12 @@ over the batch's samples j, built from cosine similarities; the student matches 
 
     L = w_ce * CE(z_s, y) + w_pkt * L_pkt
 
-Features: the pooled (GAP) embedding ``Features.pooled`` (spec B6.5; RepDistiller C2 ``feat[-1]``; KD-Zoo
-D2 "pooled feat"). The kernel matrices are B x B, so the two embeddings may have any widths: PKT has no
+Features: the pooled (GAP) embedding ``Features.pooled`` (mdistiller; RepDistiller ``feat[-1]``; KD-Zoo
+"pooled feat"). The kernel matrices are B x B, so the two embeddings may have any widths: PKT has no
 learnable parts and is defined for every zoo pair. The teacher side is detached.
 
-Defaults (spec B6.5 mdistiller and C2 RepDistiller): ce_weight = 1.0, pkt_weight = 30000, eps = 1e-7
-(KD-Zoo D2 uses 10000 and eps = 1e-6 instead).
+Defaults (mdistiller and RepDistiller): ce_weight = 1.0, pkt_weight = 30000, eps = 1e-7
+(KD-Zoo uses 10000 and eps = 1e-6 instead).
 
 Deviations: none in the math. The reference also zeroes NaNs of the normalised embedding; with
 ``+ eps`` in the denominator that only happens for non-finite inputs, which the trainer refuses anyway.

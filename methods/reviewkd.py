@@ -1,5 +1,5 @@
 """``reviewkd``: Knowledge Review. Chen, Liu, Zhao, Jia, "Distilling Knowledge via Knowledge Review",
-CVPR 2021 (mdistiller's REVIEWKD; spec seeds_expkd_mdistiller_zoo.md B6.12).
+CVPR 2021 (mdistiller's REVIEWKD).
 
 Each teacher stage is taught by a *fusion of the student's stages at and below the same depth*. The
 student's maps f_1..f_n (shallow->deep) plus its pooled vector as a 1x1 map, f_{n+1}, are processed
@@ -20,12 +20,12 @@ context loss (HCL) of one level compares the full maps and their average-pooled 
 
     L = w_ce * CE(z_s, y) + reviewkd_weight * min(epoch / warmup, 1) * sum_i HCL(g_i, t_i)
 
-Defaults (B6.12, mdistiller CIFAR yaml resnet32x4->resnet8x4): ce_weight=1.0, reviewkd_weight=5.0, warmup=20,
+Defaults (mdistiller CIFAR yaml resnet32x4->resnet8x4): ce_weight=1.0, reviewkd_weight=5.0, warmup=20,
 max_mid_channels=512, student_preact=False (the student's post-activation maps, as on CIFAR; the ImageNet
 r34->r18 config uses the pre-activation ones).
 
 Shapes and channels. mdistiller hard-codes the per-level spatial sizes and channel counts in the config
-(the CIFAR defaults fit resnet8x4/resnet32x4 only, B9.6). Here every size and channel count is derived
+(the CIFAR defaults fit resnet8x4/resnet32x4 only). Here every size and channel count is derived
 from the actual student/teacher feature shapes (``models.base.feature_shapes``), so any pair of the zoo
 works: the ABF of level i reads the student's channel count of level i and produces the teacher's
 channel count of level i, at the spatial size of the teacher's level-i map in the current batch (so an

@@ -21,11 +21,11 @@ smoothL1 is the Huber loss with beta = 1: 0.5 x^2 for |x| < 1, |x| - 0.5 otherwi
 The two relational parts are returned as separate named terms, ``rkd_dist`` = w_feat * w_dist * L_dist
 and ``rkd_angle`` = w_feat * w_angle * L_angle, so each one's gradient norm is logged on its own.
 
-Features: the pooled (GAP) embedding ``Features.pooled`` (spec B6.7; RepDistiller C2 ``feat[-1]``; KD-Zoo
-D2 "pooled feat"). Relations are B x B, so RKD has no learnable parts and is defined for every zoo pair.
+Features: the pooled (GAP) embedding ``Features.pooled`` (mdistiller; RepDistiller ``feat[-1]``; KD-Zoo
+"pooled feat"). Relations are B x B, so RKD has no learnable parts and is defined for every zoo pair.
 The teacher's relations are computed without gradient (its embedding is detached).
 
-Defaults (spec B6.7, mdistiller CIFAR config; C2 beta = 1; D2 25/50): ce_weight = 1.0, feat_weight = 1.0,
+Defaults (mdistiller CIFAR config; RepDistiller beta = 1; KD-Zoo 25/50): ce_weight = 1.0, feat_weight = 1.0,
 distance_weight = 25.0, angle_weight = 50.0.
 
 Deviations: the mean used to normalise d is taken as sum(d) / #(d > 0), which equals the reference's
@@ -42,7 +42,7 @@ from .base import Method, MethodParams, cross_entropy_term
 from .common import full_precision
 from .registry import register
 
-_DIST_EPS = 1e-12  # clamp of the squared distance before the square root (spec B6.7)
+_DIST_EPS = 1e-12  # clamp of the squared distance before the square root (as mdistiller)
 
 
 def normalized_distances(f: torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,14 @@ student. With A the [B, C*H*W] matrix of one feature map flattened per sample,
 
     L = w_ce * CE(z_s, y) + w_sp * L_sp
 
-Features: the last stage map ``Features.stages[-1]`` (the post-activation, pre-GAP map). This is the
-spec's B6.6 default (mdistiller's SP takes its last feature map). It is the same tensor as RepDistiller's
-``feat[-2]`` (C2): in our contract the reference's ``feat[-2]`` (last map) *is* ``stages[-1]`` (see
-models/base.py), so the two references agree here. KD-Zoo (D2) instead averages the loss over all three
+Features: the last stage map ``Features.stages[-1]`` (the post-activation, pre-GAP map). This is
+mdistiller's default (its SP takes the last feature map). It is the same tensor as RepDistiller's
+``feat[-2]``: in our contract the reference's ``feat[-2]`` (last map) *is* ``stages[-1]`` (see
+models/base.py), so the two references agree here. KD-Zoo instead averages the loss over all three
 residual stages; that variant is not implemented. G is B x B whatever the channel count and spatial
 size, so SP has no learnable parts and is defined for every zoo pair. The teacher side is detached.
 
-Defaults (spec B6.6 and C2): ce_weight = 1.0, sp_weight = 3000.
+Defaults (mdistiller and RepDistiller): ce_weight = 1.0, sp_weight = 3000.
 
 Deviations: none. Computed in float32 with autocast off (``common.full_precision``): the Gram entries
 of a wide flattened map can overflow float16.

@@ -13,7 +13,7 @@ giving the negative log-likelihood (constant dropped)
     L_stage = mean_{b,c,h,w} 1/2 * ( (mu - t)^2 / sigma_c^2 + log sigma_c^2 )
     L = w_ce * CE(z_s, y) + w_vid * sum_stages L_stage
 
-Features: the post-activation ``stages`` (spec B6.8 / C2 ``feat[1:-1]``), paired from the deep end when the
+Features: the post-activation ``stages`` (mdistiller; RepDistiller ``feat[1:-1]``), paired from the deep end when the
 stage counts differ (``methods.common.pair_from_end``); the larger map is adaptive-average-pooled to the
 smaller H x W before the regressor. Channel counts are bridged by the regressor, so every zoo pair is served.
 Deviation: kdlens' extra final tap (WRN's ReLU(BN(group 3)), MobileNetV2's 1280-channel conv, ShuffleV2's
@@ -21,9 +21,9 @@ Deviation: kdlens' extra final tap (WRN's ReLU(BN(group 3)), MobileNetV2's 1280-
 cross-family pairs such as wrn_40_2->ShuffleV1, vgg13->MobileNetV2 or resnet32x4->ShuffleV2 the pairing
 differs from the references' zip from the shallow end (identical whenever the counts agree).
 
-Defaults (spec B6.8, C2, D2): vid_weight = 1.0, ce_weight = 1.0, init_pred_var = 5.0, eps = 1e-5.
+Defaults (mdistiller, RepDistiller, KD-Zoo): vid_weight = 1.0, ce_weight = 1.0, init_pred_var = 5.0, eps = 1e-5.
 
-Deviation from mdistiller (spec B6.8, B9.4): there the alpha parameters sit in a plain Python list, are
+Deviation from mdistiller: there the alpha parameters sit in a plain Python list, are
 never registered nor optimised, so sigma^2 stays 5 for the whole run. That is a bug; here alpha is a
 registered ``nn.Parameter`` of each stage's regressor, trained with the student (as in RepDistiller and in
 the paper), and counted by ``extra_parameter_count``.

@@ -11,7 +11,7 @@
 Every model has ``model.classifier``: an ``nn.Linear`` whose ``in_features`` equals the channel count
 of ``stages[-1]``, so ``mean_hw(stages[-1]) @ W.T + b == logits`` (CAM-based methods rely on it).
 Families whose reference code taps a pre-BN map (WRN) or a narrower map (MobileNetV2, ShuffleNetV2)
-expose the post-BN-ReLU / final 1x1-conv map instead, as Exp-KD does (spec A4, A7).
+expose the post-BN-ReLU / final 1x1-conv map instead, as Exp-KD's code does.
 """
 from __future__ import annotations
 
@@ -31,6 +31,21 @@ class Features:
     extras: dict[str, Any] = field(default_factory=dict)  # what an extension adds (letKD's layer scores)
 
 
+class _SlotHandle:
+    """Removes one stage slot. An object rather than a closure (as the slots themselves should be), so that
+    ``copy.deepcopy`` of an extended model gives handles and slots bound to the copy's modules."""
+
+    def __init__(self, model: "Classifier", index: int, fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.model, self.index, self.fn = model, index, fn
+
+    def __call__(self) -> None:
+        fns = self.model._stage_slots.get(self.index, [])
+        if self.fn in fns:
+            fns.remove(self.fn)
+        if not fns:
+            self.model._stage_slots.pop(self.index, None)
+
+
 class Classifier(nn.Module):
     """Base class: subclasses implement ``extract(x) -> Features``; the head is shared.
 
@@ -42,11 +57,39 @@ class Classifier(nn.Module):
 
     classifier: nn.Linear
     exposes_features: ClassVar[bool] = True  # intermediate maps a feature method can match (LTB: no)
+    has_stage_slots: ClassVar[bool] = True  # its extract() passes each stage output through the slots
     learns_structure: ClassVar[bool] = False  # a stage 1 learns its structure, then freeze_structure() (LTB)
 
     def __init__(self):
         super().__init__()
         self._extensions: dict[str, tuple[list[Callable[[], None]], dict]] = {}
+        self._stage_slots: dict[int, list[Callable[[torch.Tensor], torch.Tensor]]] = {}
+        self.forward_extras: dict[str, Any] = {}  # what the slots note during one forward (Features.extras)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
+        if self._stage_slots:
+            self.forward_extras = {}
+        feats = self.extract(x)
+        if self._stage_slots:
+            feats.extras.update(self.forward_extras)
+        return self.classifier(feats.pooled), feats
+
+    # -- stage slots: where an extension changes a stage's output map -------------------------------
+    def add_stage_slot(self, index: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+        """Pass ``Features.stages[index]`` through ``fn(map) -> map`` where the family computes it, so the
+        later stages, ``pooled`` and the logits see ``fn``'s output (the pre-activation map stays as it
+        was); slots on one stage run in the order they were added. Returns the function that removes it."""
+        if not self.has_stage_slots:
+            raise ValueError(f"{type(self).__name__} computes its stages inline: it has no stage slots")
+        self._stage_slots.setdefault(index, []).append(fn)
+        return _SlotHandle(self, index, fn)
+
+    def through_slots(self, i: int, n: int, fmap: torch.Tensor) -> torch.Tensor:
+        """(for ``extract``) Stage ``i`` of ``n``'s output map through the slots of stage ``i`` (or ``i - n``)."""
+        if self._stage_slots:
+            for fn in self._stage_slots.get(i, []) + self._stage_slots.get(i - n, []):
+                fmap = fn(fmap)
+        return fmap
 
     # -- hooks ------------------------------------------------------------------------------------
     def named_param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -100,10 +143,6 @@ class Classifier(nn.Module):
 
     def extract(self, x: torch.Tensor) -> Features:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Features]:
-        feats = self.extract(x)
-        return self.classifier(feats.pooled), feats
 
     def bn_before_relu(self) -> list[nn.Module]:
         """The BatchNorm that produces each stage's pre-activation map (OFD's margins). Optional."""

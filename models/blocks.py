@@ -154,13 +154,16 @@ class StagedClassifier(Classifier):
         stem = self.stem(x)
         h, pre = stem, None
         outs, pres = [], []
+        n = len(self.stages) + (self.tap is not None)
         for i, stage in enumerate(self.stages):
             h = self.stage_input(i, h, x)
             h, pre = stage.forward_pre(h, pre)
+            h = self.through_slots(i, n, h)
             outs.append(h)
             pres.append(pre)
         if self.tap is not None:
             h, pre = self.tap.forward_pre(h)
+            h = self.through_slots(n - 1, n, h)
             outs.append(h)
             pres.append(pre)
         return make_features(stem, outs, pres)

@@ -1,9 +1,10 @@
-"""LTB, the "learn to branch" tree student of KDExplainer (Xue et al., IJCAI 2021; spec A2-A4, A6, A14).
+"""LTB, the "learn to branch" tree student of KDExplainer (Xue et al., "KDExplainer: A Task-oriented Attention Model
+for Explaining Knowledge Distillation", IJCAI 2021), as the authors' code ("upstream") builds it.
 
 A three-level hierarchical mixture of experts on 32x32 inputs. Each expert is a conv block
 Conv3x3(bias) -> BN -> ReLU -> Conv3x3(bias) -> BN -> ReLU -> MaxPool2. Level 1 has 2 experts, both
 reading the image. Level 2 has 4 experts and level 3 has 8. The last level routes into K per-class MLP
-heads, one logit each (the ``ce`` / ``mc`` mode of A4). Between levels, a routing matrix W (children x
+heads, one logit each (the ``ce`` / ``mc`` output mode upstream). Between levels, a routing matrix W (children x
 parents) mixes the parents' outputs into each child's input: x_c = sum_p g[c, p] * y_p.
 
 * Preferences: pi = softmax(W / preference_temperature) per row.
@@ -38,8 +39,8 @@ def entropy_rows(p) -> np.ndarray:
 def level_entropy(prefs) -> dict[str, float]:
     """Per level, the mean row entropy ("level{l}") and each child node's entropy ("level{l}/node{c}").
 
-    The values come from the preferences pi, i.e. the gate at the fixed reference temperature t = 1
-    (spec A12.3). The training temperature depends on the epoch, so runs could not be compared on it.
+    The values come from the preferences pi, i.e. the gate at the fixed reference temperature t = 1.
+    The training temperature depends on the epoch, so runs could not be compared on it.
     """
     out: dict[str, float] = {}
     for level, p in enumerate(prefs, start=1):
@@ -82,8 +83,8 @@ class ClassHeads(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Biases 0; weights N(0, init_std) as A2 (0.01), or, with ``init_std=None``, He-normal over each
-        head's fan-in (std sqrt(2/fan_in) before a ReLU, sqrt(1/fan_in) for the output). A2's 0.01 makes
+        """Biases 0; weights N(0, init_std) as upstream (0.01), or, with ``init_std=None``, He-normal over each
+        head's fan-in (std sqrt(2/fan_in) before a ReLU, sqrt(1/fan_in) for the output). Upstream's 0.01 makes
         the logits ~1e-4 at the start: the paper's 300 epochs get past that, a short CPU run does not."""
         for w, gain in ((self.w1, 2.0), (self.w2, 2.0), (self.w3, 1.0)):
             std = self.init_std if self.init_std is not None else (gain / w.shape[-1]) ** 0.5
@@ -118,6 +119,7 @@ class LTB(Classifier):
 
     exposes_features = False
     learns_structure = True
+    has_stage_slots = False  # its stages are mixtures computed inline
 
     def __init__(self, num_classes: int, width: int = 64, out_width: int = 32, hidden: int = 128,
                  head_pool: int = 7, dropout: float = 0.15, t0: float = 10.0,
@@ -140,7 +142,7 @@ class LTB(Classifier):
             nn.init.uniform_(w, 0.0, 1.0)
 
     def _init_blocks(self) -> None:
-        """A2: Kaiming-normal (fan_out, relu) convs with zero bias, BN weight 1 and bias 0."""
+        """As upstream: Kaiming-normal (fan_out, relu) convs with zero bias, BN weight 1 and bias 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -170,7 +172,7 @@ class LTB(Classifier):
             self.temperature.fill_(self.t0 / epoch)
 
     def named_param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainer hook: "routing" (the three matrices) gets its own lr / frozen epochs (A5)."""
+        """Trainer hook: "routing" (the three matrices) gets its own lr / frozen epochs (as upstream's stage 1)."""
         routing = {id(w) for w in self.routing}
         return {"weights": [p for p in self.parameters() if id(p) not in routing], "routing": list(self.routing)}
 
@@ -181,7 +183,7 @@ class LTB(Classifier):
 
     def freeze_structure(self, like: "LTB | None" = None) -> None:
         """Stage 2: route along the argmax tree from now on and stop learning the routing matrices.
-        ``like``: take that net's routing (tree) first, e.g. the CE arm's stage 1 (spec A7)."""
+        ``like``: take that net's routing (tree) first, e.g. the CE arm's stage 1."""
         if like is not None:
             self.routing.load_state_dict(like.routing.state_dict())
         self.hard.fill_(True)
@@ -189,9 +191,9 @@ class LTB(Classifier):
             w.requires_grad_(False)
 
     def reinitialise(self) -> None:
-        """Stage 2 (A6): draw fresh Conv/BN/head weights and leave the routing matrices untouched.
+        """Stage 2: draw fresh Conv/BN/head weights and leave the routing matrices untouched.
 
-        The BN running statistics are reset too. Upstream keeps the stage-1 values (A14), but they describe
+        The BN running statistics are reset too. Upstream keeps the stage-1 values, but they describe
         the soft-routed stage-1 weights, not the fresh ones. kdlens resets them on purpose.
         """
         self._init_blocks()

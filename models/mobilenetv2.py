@@ -9,7 +9,7 @@ conv + BN + ReLU to 1280 channels, global average pooling and ``Linear(1280, N)`
 
 Features: ``stem`` (16, 16, 16); ``stages`` = the reference's four tapped points (after settings 2, 3, 5
 and 7: (12,16,16), (16,8,8), (48,4,4), (160,2,2)) **plus the 1x1-conv-to-1280 output (1280, 2, 2)**.
-That last tap is a deliberate deviation, as in Exp-KD (spec A4/A7), so that ``stages[-1]`` is the map the
+That last tap is a deliberate deviation, as in Exp-KD's code, so that ``stages[-1]`` is the map the
 head pools. Block outputs are linear (no ReLU), so their ``preact`` equals the stage map; the tap's
 ``preact`` is its BN output. The head is a plain ``nn.Linear`` named ``classifier``.
 """

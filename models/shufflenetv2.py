@@ -4,7 +4,7 @@ Basic unit: split the channels in half; one half passes through, the other goes 
 3x3 depthwise conv-BN -> 1x1 conv-BN-ReLU; concatenate and channel-shuffle (2 groups). Down-sampling unit:
 both branches see the whole input (left: 3x3 depthwise stride 2-BN -> 1x1-BN-ReLU; right: 1x1-BN-ReLU ->
 3x3 depthwise stride 2-BN -> 1x1-BN-ReLU), each producing half the output; concatenate and shuffle.
-net_size 1 (kept at 1, unlike Exp-KD's 1.5; spec A4/A7): stem 3x3 conv stride 1 to 24 channels + BN +
+net_size 1 (kept at 1, unlike Exp-KD's 1.5): stem 3x3 conv stride 1 to 24 channels + BN +
 ReLU, stages of widths (116, 232, 464) made of one down-sampling unit plus (3, 7, 3) basic units, a 1x1
 conv-BN-ReLU ("conv2") to 1024 channels, global average pooling and ``Linear(1024, N)``.
 Initialisation is PyTorch's default, as in the reference.
@@ -12,7 +12,7 @@ Initialisation is PyTorch's default, as in the reference.
 Features and deliberate deviations from the reference:
 
 * ``stages`` = the three stage outputs ((116,16,16), (232,8,8), (464,4,4)) **plus the conv2 output
-  ReLU(BN(conv2)) (1024, 4, 4)**, the Exp-KD tap (spec A4/A7), so ``stages[-1]`` is the map the head pools.
+  ReLU(BN(conv2)) (1024, 4, 4)**, the Exp-KD tap, so ``stages[-1]`` is the map the head pools.
 * ``preact`` is the exact pre-ReLU map of every channel: the pass-through half carries the pre-activation
   it had when it was produced (threaded from unit to unit) and the same channel shuffle is applied, so
   ``relu(preact[i]) == stages[i]``. The reference instead concatenates the *post*-ReLU pass-through half

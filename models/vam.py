@@ -2,10 +2,10 @@
 
 **kdlens's own design.** KDExplainer (Xue et al., IJCAI 2021) proposes VAM for ordinary CNN students but
 its exact form (block partitioning, gate parametrisation, entropy weight, placement) was not retrieved and
-no code exists (spec seeds_kdexplainer_letkd.md A10). What the paper supports: the filters of a layer are
+no code exists. What the paper supports: the filters of a layer are
 split "virtually" into blocks, a learnable attention over the blocks routes them, an entropy term pushes
 the attention toward specialisation, and the cost is negligible. This implementation follows the LTB
-routing of spec A3 (child input = Σ_parents gate · parent output), without its temperature schedule.
+routing of the authors' code (child input = Σ_parents gate · parent output), without its temperature schedule.
 
 At a stage output x with C channels and G virtual blocks of C/G contiguous channels (x_i = block i),
 with a learnable gate-logit matrix A ∈ R^{G×G} (row j = child block j, column i = parent block i):
@@ -16,7 +16,7 @@ with a learnable gate-logit matrix A ∈ R^{G×G} (row j = child block j, column
 
 A = init_gain·I at start, so each block first attends mostly to itself (g_jj = e^a / (e^a + G − 1)) and the
 network starts near the plain CNN (exactly at it as init_gain → ∞, and for G = 1). ``attach_vam`` wires
-one module per chosen stage into the model's forward (models/taps.py), so ``Features.stages[i]`` and
+one module per chosen stage into the model's forward (a stage slot, models/base.py), so ``Features.stages[i]`` and
 everything downstream see the gated map; the stage's ``preact`` map stays the ungated one. Cost: G²
 parameters per attached stage.
 """
@@ -30,7 +30,6 @@ from torch import nn
 from core.schema import Section
 
 from .base import feature_shapes
-from .taps import stage_producer, wrap_last_stage, wrap_output
 
 
 class VamParams(Section):
@@ -78,6 +77,8 @@ def attach_vam(model: nn.Module, stages: list[int], groups: int, init_gain: floa
     """
     if model.has_extension("vam"):
         raise ValueError(f"{type(model).__name__} already has a VAM attached")
+    if not model.has_stage_slots:
+        raise ValueError(f"VAM: {type(model).__name__} computes its stages inline (no stage to attach to)")
     shapes = feature_shapes(model, input_size)["stages"]
     n = len(shapes)
     if not stages:
@@ -88,21 +89,15 @@ def attach_vam(model: nn.Module, stages: list[int], groups: int, init_gain: floa
     if len({i % n for i in stages}) != len(stages):
         raise ValueError(f"VAM: stages {stages} name the same stage twice")
 
-    modules, producers = [], []
+    modules = []
     for idx in stages:
         try:
             modules.append(VirtualAttention(shapes[idx][0], groups, init_gain))
         except ValueError as e:
             raise ValueError(f"VAM at stage {idx}: {e}") from None
-        producer = stage_producer(model, idx, input_size)
-        if producer is None and idx % n != n - 1:
-            raise ValueError(f"VAM: {type(model).__name__} computes stage {idx} inline (no module to attach to); "
-                             "choose another stage")
-        producers.append(producer)
 
     vams = nn.ModuleList(modules)
-    undo = [wrap_last_stage(model, vam) if producer is None  # the last stage, computed inline: at the output
-            else wrap_output(producer, vam) for vam, producer in zip(vams, producers)]
+    undo = [model.add_stage_slot(idx, vam) for idx, vam in zip(stages, vams)]
     model.attach_extension("vam", vams, undo, {
         "stages": [int(i) for i in stages], "groups": int(groups), "init_gain": float(init_gain),
         "entropy_weight": float(entropy_weight), "input_size": int(input_size)})

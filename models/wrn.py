@@ -7,7 +7,7 @@ head. Dropout is 0 (as in RepDistiller / mdistiller). Registered: wrn_16_1, wrn_
 
 Features: ``stem`` = the stem conv output. ``stages`` has **four** entries: the outputs of the three
 groups (the pre-activation residual stream, pre-BN, exactly the reference's feats 1-3) **plus the final
-ReLU(BN(group3))**. That extra tap is a deliberate deviation, as in Exp-KD (spec A4/A7): the reference's
+ReLU(BN(group3))**. That extra tap is a deliberate deviation, as in Exp-KD's code: the reference's
 last feature is pre-BN, so ``mean_hw`` of it does not reproduce the logits; with the tap ``stages[-1]``
 is the map the head pools and the CAM identity holds. ``preact[i]`` follows the reference: the residual
 stream after the BN that starts the next group (``groups[i+1][0].bn1``), and ``self.bn`` for the last
@@ -72,13 +72,15 @@ class WideResNet(Classifier):
         bns = self.bn_before_relu()
         h, h_bn = stem, None
         outs, pres = [], []
-        for group, bn in zip(self.groups, bns):
+        n = len(self.groups) + 1
+        for g, (group, bn) in enumerate(zip(self.groups, bns)):
             for i, block in enumerate(group):
                 h = block(h, h_bn if i == 0 else None)
+            h = self.through_slots(g, n, h)
             h_bn = bn(h)  # the next group's first BN (or the final BN): normalised once, used twice
             outs.append(h)
             pres.append(h_bn)
-        outs.append(F.relu(h_bn))  # Exp-KD tap: ReLU(BN(group3)), the map the head pools
+        outs.append(self.through_slots(n - 1, n, F.relu(h_bn)))  # Exp-KD tap: ReLU(BN(group3)), the map pooled
         pres.append(h_bn)
         return make_features(stem, outs, pres)
 

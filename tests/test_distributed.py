@@ -1,4 +1,4 @@
-"""Training across processes (engine/distributed.py): batch sharing, the checks made before torchrun,
+"""Training across processes (core/distributed.py): batch sharing, the checks made before torchrun,
 CRD's memory banks across two gloo processes, and a real two-process run of the train_baseline stage on
 CPU (killed and resumed) against the one-process run."""
 import json

@@ -1,4 +1,4 @@
-"""Knowledge metrics (spec §2, §3) on hand-built entropy maps and masks with hand-computed answers."""
+"""Knowledge metrics (Cheng et al., CVPR 2020) on hand-built entropy maps and masks with hand-computed answers."""
 import json
 import math
 

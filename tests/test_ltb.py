@@ -1,4 +1,5 @@
-"""The LTB tree student (spec A2, A3, A6): routing math, modes, stage-2 reset, shapes, parameter count.
+"""The LTB tree student of KDExplainer (Xue et al., IJCAI 2021): routing math, modes, stage-2 reset, shapes, parameter
+count.
 
 Anything that runs a forward pass uses ``ltb_w16`` on tiny batches; only the parameter count builds ``ltb``.
 """
@@ -33,7 +34,7 @@ def block_params(cin: int, mid: int, cout: int) -> int:
 
 
 def ltb_params(k: int, w: int, o: int, hidden: int, pool: int = 7) -> tuple[int, int]:
-    """(total, heads) from the layer table of spec A2, without the 7x7 stem the CIFAR path never uses."""
+    """(total, heads) from the layer table of the authors' code, without the 7x7 stem the CIFAR path never uses."""
     head = (o * pool * pool * hidden + hidden) + (hidden * hidden + hidden) + (hidden + 1)
     experts = 2 * block_params(3, w, w) + 4 * block_params(w, w, w) + 8 * block_params(w, w, o)
     routing = 4 * 2 + 8 * 4 + k * 8
@@ -42,8 +43,8 @@ def ltb_params(k: int, w: int, o: int, hidden: int, pool: int = 7) -> tuple[int,
 
 def test_parameter_count_of_ltb_matches_hand_count():
     total, heads = ltb_params(10, 64, 32, 128)
-    assert (total, heads) == (2_993_922, 2_174_730)  # A2: 217,473 per head
-    # A2's "3.00 M" also counts the unused Conv7x7(3->64)+BN stem: 9,408 + 64 + 128 = 9,600 more.
+    assert (total, heads) == (2_993_922, 2_174_730)  # the authors' code: 217,473 per head
+    # The authors' "3.00 M" also counts the unused Conv7x7(3->64)+BN stem: 9,408 + 64 + 128 = 9,600 more.
     assert round((total + 9_600) / 1e6, 2) == 3.00
     torch.manual_seed(0)
     model = models.create("ltb", 10)
@@ -66,7 +67,7 @@ def test_init_follows_a2():
     assert all(torch.all(c.bias == 0) for c in convs)
     w = model.level2[0][0].weight  # 16 -> 16, fan_out = 16 * 9
     assert abs(w.std().item() - math.sqrt(2 / (16 * 9))) < 0.1 * math.sqrt(2 / (16 * 9))
-    # ltb_w16's heads are He-initialised (short CPU runs); the paper's ltb keeps A2's N(0, 0.01)
+    # ltb_w16's heads are He-initialised (short CPU runs); the paper's ltb keeps upstream's N(0, 0.01)
     fan_in = model.heads.w1.shape[-1]
     assert abs(model.heads.w1.std().item() - math.sqrt(2 / fan_in)) < 0.05 * math.sqrt(2 / fan_in)
     assert abs(model.heads.w3.std().item() - math.sqrt(1 / model.heads.w3.shape[-1])) < 0.2 / math.sqrt(32)

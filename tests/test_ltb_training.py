@@ -1,4 +1,4 @@
-"""The LTB student's two stages through engine.jobs.train_network (tiny in-memory scenes, one epoch each):
+"""The LTB student's two stages through training.jobs.train_network (tiny in-memory scenes, one epoch each):
 stage 2 keeps stage 1's tree (its own, or a CE stage 1's with ``tree_from: ce``), retrains fresh weights,
 and stage 1 records the gate entropy per level; feature-matching methods refuse the student."""
 import numpy as np

@@ -38,7 +38,7 @@ def test_contrast_scores_gather_the_contrast_rows():
     assert np.allclose(got, expected, rtol=1e-12)
 
 
-def test_defaults_are_the_spec_values():
+def test_defaults_are_the_reference_values():
     p = methods.params_class("crd")()
     assert (p.ce_weight, p.crd_weight, p.feat_dim, p.num_negatives, p.temperature, p.momentum) == (
         1.0, 0.8, 128, 16384, 0.07, 0.5)

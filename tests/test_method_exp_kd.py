@@ -1,4 +1,5 @@
-"""exp_kd: CAMs and L_cam against numpy, the A7 required tests (i)-(iii), warm-up, cross-family pairs."""
+"""exp_kd: CAMs and L_cam against numpy, the required checks (non-zero student gradient, as-coded loss
+constant, CAM-logit identity), warm-up, cross-family pairs."""
 import itertools
 
 import numpy as np

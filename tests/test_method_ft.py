@@ -106,7 +106,7 @@ def _loader(n, seed):
 
 
 def test_trainer_pretrains_then_freezes_the_paraphraser(tmp_path):
-    """Through engine.trainer.fit: the phase changes only the paraphraser; the main phase never does."""
+    """Through training.trainer.fit: the phase changes only the paraphraser; the main phase never does."""
     t, s = make_pair("resnet14", "resnet8")
     m = make_method("ft", s, t, n_train=8, paraphraser_epochs=2)
     init = {k: v.clone() for k, v in m.paraphraser.state_dict().items()}

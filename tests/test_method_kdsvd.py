@@ -94,7 +94,7 @@ def test_degenerate_maps_give_finite_nonzero_gradient():
     assert v.shape == (1, 2, 4) and torch.isfinite(v).all() and not v[..., 2:].any() and not s.any()
 
 
-def test_defaults_are_the_spec_values():
+def test_defaults_are_the_reference_values():
     p = methods.params_class("kdsvd")()
     assert (p.ce_weight, p.kdsvd_weight, p.k, p.student_extra) == (1.0, 1.0, 1, 3)
 

@@ -37,7 +37,7 @@ def test_pkt_is_zero_for_equal_directions_and_positive_otherwise():
     assert pkt_loss(t.flip(0), t).item() > 1e-4
 
 
-def test_defaults_are_the_spec_values():
+def test_defaults_are_the_reference_values():
     p = methods.params_class("pkt")()
     assert (p.ce_weight, p.pkt_weight, p.eps) == (1.0, 30000.0, 1e-7)
     with pytest.raises(ValueError):

@@ -55,7 +55,7 @@ def test_relations_are_invariant_to_scale_and_translation():
     assert rkd_distance_loss(t[:, [1, 0, 2]] + t, t).item() > 1e-4  # a real change is seen
 
 
-def test_defaults_are_the_spec_values():
+def test_defaults_are_the_reference_values():
     p = methods.params_class("rkd")()
     assert (p.ce_weight, p.feat_weight, p.distance_weight, p.angle_weight) == (1.0, 1.0, 25.0, 50.0)
     with pytest.raises(ValueError):

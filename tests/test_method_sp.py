@@ -28,7 +28,7 @@ def test_sp_loss_matches_numpy():
     assert sp_loss(torch.tensor(ft) * 4.0, torch.tensor(ft)).item() < 1e-12  # global scale cancels
 
 
-def test_defaults_are_the_spec_values():
+def test_defaults_are_the_reference_values():
     p = methods.params_class("sp")()
     assert (p.ce_weight, p.sp_weight) == (1.0, 3000.0)
 

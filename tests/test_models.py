@@ -1,4 +1,4 @@
-"""The CIFAR model zoo against spec B5 (parameter counts, feature shapes) and the Exp-KD tap (A4/A7).
+"""The CIFAR model zoo against the mdistiller / RepDistiller one (parameter counts, feature shapes) and the Exp-KD tap.
 
 Every model is built with 100 classes and run once on a 2x3x32x32 input in eval mode; results are cached
 so each architecture is constructed and forwarded once for the shape/CAM/preact checks.
@@ -23,12 +23,13 @@ _VGG = [(128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4)]
 
 
 def _wrn(k: int) -> list[tuple[int, int, int]]:
-    # B5 gives k=2 explicitly; widths [16, 16k, 32k, 64k] give the others. The last entry is the
-    # Exp-KD tap ReLU(BN(group3)) (A4), the same shape as group 3.
+    # The reference zoo gives k=2 explicitly; widths [16, 16k, 32k, 64k] give the others. The last entry is the
+    # Exp-KD tap ReLU(BN(group3)), the same shape as group 3.
     return [(16 * k, 32, 32), (32 * k, 16, 16), (64 * k, 8, 8), (64 * k, 8, 8)]
 
 
-# name -> (params in millions from the B5 table, stem (C,H,W), stages [(C,H,W) or None if not given]).
+# name -> (params in millions of the reference zoo (mdistiller / RepDistiller models), stem (C,H,W),
+#          stages [(C,H,W) or None if not given]).
 # The Exp-KD taps add no parameters: WRN's final BN, MobileNetV2's 1x1 conv to 1280 and ShuffleV2's conv2
 # to 1024 are all part of the reference models the table counted; the taps only expose their outputs.
 EXPECTED = {
@@ -50,18 +51,19 @@ EXPECTED = {
     "vgg13": (9.46, (64, 32, 32), _VGG),
     "vgg16": (14.77, (64, 32, 32), _VGG),
     "vgg19": (20.09, (64, 32, 32), _VGG),
-    # B5 gives only pooled=512 for ResNet18; A4 gives its (and ResNet34's) CAM map (512, 4, 4).
+    # The reference zoo gives only pooled=512 for ResNet18; Exp-KD's code gives its (and ResNet34's) CAM map
+    # (512, 4, 4).
     "ResNet18": (11.22, (64, 32, 32), [None, None, None, (512, 4, 4)]),
-    # ResNet34 is not in B5. Expected count derived independently of this code from torchvision's
+    # ResNet34 is not in the reference zoo. Expected count derived independently of this code from torchvision's
     # published resnet34 count, 21,797,672 (1000 classes, 7x7 stem): swap the 7x7x3x64 stem conv (9,408)
     # for a 3x3x3x64 one (1,728) and the 512x1000 head (513,000) for a 512x100 one (51,300) = 21,328,292.
-    # The same adjustment reproduces B5's ResNet18 (11,689,512 -> 11.22M) and ResNet50 (25,557,032 -> 23.71M).
+    # The same adjustment reproduces the zoo's ResNet18 (11,689,512 -> 11.22M) and ResNet50 (25,557,032 -> 23.71M).
     "ResNet34": (21.33, (64, 32, 32), [None, None, None, (512, 4, 4)]),
     "ResNet50": (23.71, (64, 32, 32), [(256, 32, 32), (512, 16, 16), (1024, 8, 8), (2048, 4, 4)]),
-    # Last entry: the Exp-KD tap, the 1x1 conv to 1280 (A4: CAM feature (1280, 2, 2)).
+    # Last entry: the Exp-KD tap, the 1x1 conv to 1280 (Exp-KD's CAM feature (1280, 2, 2)).
     "MobileNetV2": (0.81, (16, 16, 16), [(12, 16, 16), (16, 8, 8), (48, 4, 4), (160, 2, 2), (1280, 2, 2)]),
     "ShuffleV1": (0.95, (24, 32, 32), [(240, 16, 16), (480, 8, 8), (960, 4, 4)]),
-    # net_size 1 (1.36M); last entry: the Exp-KD tap ReLU(BN(conv2)) (A4: CAM feature (1024, 4, 4)).
+    # net_size 1 (1.36M); last entry: the Exp-KD tap ReLU(BN(conv2)) (Exp-KD's CAM feature (1024, 4, 4)).
     "ShuffleV2": (1.36, (24, 32, 32), [(116, 16, 16), (232, 8, 8), (464, 4, 4), (1024, 4, 4)]),
 }
 

@@ -5,7 +5,7 @@ import methods
 from conftest import ROOT, tiny_params
 from core.errors import KdlensError
 from core.schema import flatten, params_hash
-from stages.params import load_params, parse_params
+from stages.params import Params, load_params, parse_params
 
 
 def test_project_params_validate():
@@ -59,3 +59,31 @@ def test_flatten_and_hash_are_stable():
     assert flatten({"a": {"b": 1, "c": [1, 2]}}) == {"a.b": 1, "a.c": "[1, 2]"}
     assert params_hash({"x": 1, "y": 2}) == params_hash({"y": 2, "x": 1})
     assert params_hash({"x": 1}) != params_hash({"x": 2})
+
+
+def _leaves(node, path=()):
+    """(dotted key, value, line) of every scalar or list in a composed YAML mapping."""
+    for key, value in node.value:
+        here = (*path, key.value)
+        if isinstance(value, yaml.MappingNode):
+            yield from _leaves(value, here)
+        else:
+            yield ".".join(here), yaml.safe_load(yaml.serialize(value)), key.start_mark.line
+
+
+def test_params_yaml_differs_from_the_schema_only_where_it_says_why():
+    """params.yaml holds the default profile: a value that is not its schema's default is the profile's
+    own choice, and the line that sets it says why in a comment; anything else is a silent disagreement."""
+    text = (ROOT / "params.yaml").read_text()
+    lines = text.splitlines()
+    defaults = Params().model_dump()
+    defaults["methods"] = {name: methods.params_class(name)().model_dump() for name in methods.names()}
+    silent = []
+    for key, value, line in _leaves(yaml.compose(text)):
+        default = defaults
+        for part in key.split("."):
+            default = default[part]
+        default = list(default) if isinstance(default, tuple) else default
+        if value != default and "#" not in lines[line]:
+            silent.append(f"{key}: params.yaml {value!r}, schema {default!r}")
+    assert not silent, "\n".join(silent)

@@ -98,7 +98,7 @@ def test_repro_runs_every_stage_and_tracks_it(repo):
     assert "plots/training_curves.png" in [a.path for a in client.list_artifacts(distill.info.run_id, "plots")]
     md = (repo / "reports/report.md").read_text()
     assert distill.info.run_id in md and "distilled student" in md
-    # issue 5: sigma maps of both students at both kept checkpoints, knowledge metrics in the report
+    # sigma maps of both students at both kept checkpoints, knowledge metrics in the report
     import numpy as np
 
     for role in ("baseline", "student"):

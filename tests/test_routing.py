@@ -1,4 +1,5 @@
-"""Routing explanations (spec A3, A12) on hand-built preference matrices whose answers are known."""
+"""Routing explanations of KDExplainer's LTB (Xue et al., IJCAI 2021) on hand-built preference matrices whose
+answers are known."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Sigma estimation (spec §1.3, §6.1, §6.3) on tiny networks whose answer is known."""
+"""Sigma estimation (Cheng et al., CVPR 2020) on tiny networks whose answer is known."""
 import io
 import math
 

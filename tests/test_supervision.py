@@ -1,4 +1,4 @@
-"""engine/supervision.py: faiss k-means, LDA sub-class targets, the decision matrix, the file format."""
+"""methods/letkd/supervision.py: faiss k-means, LDA sub-class targets, the decision matrix, the file format."""
 import json
 
 import numpy as np

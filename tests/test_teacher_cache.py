@@ -1,4 +1,4 @@
-"""The teacher-output cache (engine/teacher.py): a student trained from it is bit-identical on CPU to one
+"""The teacher-output cache (training/teacher.py): a student trained from it is bit-identical on CPU to one
 trained with the live (BN-folded) teacher; top-k storage keeps the top-k probabilities and the tail mass;
 a cache for other views is not used, and says why."""
 import math

@@ -1,4 +1,5 @@
-"""The weight-distance recorder (spec §3.1): per-iteration path length / ||W0||, every conv/linear layer."""
+"""The weight-distance recorder (Cheng et al., CVPR 2020): per-iteration path length / ||W0||, every conv/linear
+layer."""
 import json
 import math
 

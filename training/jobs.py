@@ -1,8 +1,8 @@
 """One training job (teacher, baseline student or distilled student), shared by the training stages.
 
-It builds the networks and the method, trains with ``engine.trainer.fit``, writes the stage's outputs
+It builds the networks and the method, trains with ``training.trainer.fit``, writes the stage's outputs
 (final weights, kept checkpoints, metrics JSON, per-epoch curves) and logs everything to MLflow. With
-``trainer.nproc`` > 1 it does so on that many processes under torchrun (engine/distributed.py).
+``trainer.nproc`` > 1 it does so on that many processes under torchrun (core/distributed.py).
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
     its routing (``structure.train``, stage 1, same method), then keeps the hard tree -- its own or a CE
     stage 1's (``structure.tree_from``) -- and retrains re-initialised weights with ``cfg`` (stage 2).
 
-    The teacher runs BN-folded (engine/teacher.py), its forward compiled if ``compile_teacher``.
+    The teacher runs BN-folded (training/teacher.py), its forward compiled if ``compile_teacher``.
     ``teacher_cache`` = (cache dir, the data's and teacher's SHA-256): a logit-only method's main training
     reads the cached logits instead, if the cache holds exactly this training's views;
     ``Trained.teacher_source`` says which was used and why.

@@ -58,7 +58,7 @@ class StructureParams(Section):
     stage 2 keeps: ``own`` (learned with its method; KamalEngine's configs, what "KD shapes the tree"
     needs) or ``ce`` (a CE-trained stage 1 with the same seed, i.e. the CE arm's tree; xmq1221's configs).
     """
-    train: TrainParams = TrainParams(optimizer="adam", schedule="linear", warmup_epochs=2,
+    train: TrainParams = TrainParams(optimizer="adam", lr=1e-3, schedule="linear", warmup_epochs=2,
                                      group_lr={"routing": 0.01}, frozen_epochs={"routing": 2})
     tree_from: Literal["own", "ce"] = "own"
 

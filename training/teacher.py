@@ -5,7 +5,7 @@ parameter needing grad, its forward compiled (``trainer.compile_teacher``) or el
 forward a trainer step pays under every other method.
 
 Cache (stage ``cache_teacher``): the training views are a pure function of (seed, epoch, sample index)
-(engine/loader.py), so the teacher's logits for every view a student will see can be computed once and
+(dataset/loader.py), so the teacher's logits for every view a student will see can be computed once and
 shared by every logit-only method and every experiment of a sweep. The cache runs the teacher over the
 very batches the training loader yields (same seed, batch size, order), so a student trained from it is
 bit-identical on CPU to one trained with the live teacher. Storage per epoch and sample:

@@ -5,7 +5,7 @@ Per epoch it records every term's mean value, the gradient norm each term alone 
 (on the epoch's first batch: a term whose gradient is zero shows up at a glance), lr, accuracy and
 throughput. Training state is checkpointed atomically every epoch into ``work_dir``; a run started again
 with the same ``work_dir`` resumes from there instead of starting over. Under torchrun each rank trains
-on its share of every batch and every recorded number is reduced over the ranks (engine/distributed.py).
+on its share of every batch and every recorded number is reduced over the ranks (core/distributed.py).
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ class FitResult:
     kept: dict[int, Path] = field(default_factory=dict)  # epoch -> checkpoint path in work_dir
     resumed_from: int = 0
     phases: dict[str, list[dict]] = field(default_factory=dict)  # extra phase name -> its epoch records
-    weight_distance: dict = field(default_factory=dict)  # engine.weight_distance.WeightDistance.as_dict()
+    weight_distance: dict = field(default_factory=dict)  # explain.weight_distance.WeightDistance.as_dict()
 
     @property
     def final(self) -> dict:
@@ -246,13 +246,13 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     ``on_epoch`` receives every epoch's record (extra phases' records carry ``phase/<name>/`` keys).
     ``regularisers()`` gives named terms the student itself adds to every step's loss (VAM's entropy).
     ``teacher_outputs(x, index, epoch)``, if given, replaces the teacher's forward in the main training
-    (a cache of its outputs, engine/teacher.py); extra phases still run ``teacher``.
+    (a cache of its outputs, training/teacher.py); extra phases still run ``teacher``.
     Generic model hooks, used when the student has them: ``named_param_groups()`` (per-group lr and
     frozen epochs, ``cfg.group_lr`` / ``cfg.frozen_epochs``), ``start_epoch(epoch)`` before each epoch
     (LTB's routing temperature) and ``epoch_diagnostics()`` merged into each epoch's record.
     The weight distance of every student layer (Cheng et al.'s learning-effort measure) is recorded over
     the main training, from the weights it starts with (after any extra phase) as epoch 0.
-    Under torchrun (engine/distributed.py) every rank calls ``fit`` alike and gets the same global
+    Under torchrun (core/distributed.py) every rank calls ``fit`` alike and gets the same global
     records; rank 0 alone prints, writes checkpoints and calls ``on_epoch``.
     """
     world = current_world()

@@ -10,19 +10,19 @@ On a student map x (B×C×H×W), with x̄ / w̄ the per-location / per-kernel L2
     x̂  = x + α·V                                              (no activation after the sum)
     L_layer = (1/(B·H·W)) Σ_{b,h,w} KL( p_T[b,h,w,:] || softmax_k S[b,:,h,w] )
 
-Kernels are N(0, 2/C_in). Teacher targets (engine/supervision.py builds their ingredients offline):
+Kernels are N(0, 2/C_in). Teacher targets (methods/letkd/supervision.py builds their ingredients offline):
 
 * penultimate, K = k k-means centroids ρ of the teacher's last-stage locations:
-  p_T = softmax_k(−τ·‖f_t − ρ_k‖²) on raw squared distances (τ = 1, spec B3);
+  p_T = softmax_k(−τ·‖f_t − ρ_k‖²) on raw squared distances (τ = 1; the paper's supplement, Alg. 1);
 * intermediate, K = classes × sub-classes: z = LDA(f_t), k* = the nearest sub-class centre among the
-  *label's* own sub-classes, p_T = D[k*] (the teacher decision matrix row, spec B4).
+  *label's* own sub-classes, p_T = D[k*] (the teacher decision matrix row; supplement, Alg. 2).
 
     letkd1:  x̂ = KD_penult(stages[-1]),  logits = FC(GAP(x̂)),  L = w_ce·CE + w_p·L_penult
     letkd2:  letkd1 plus a KD layer on stages[inter_stage] whose x̂ feeds the rest of the network,
              L = w_ce·CE + w_p·L_penult + w_i·L_inter
 
-Defaults (spec B5/B6, all CIFAR-100 pairs but RN50→MNV2): ce_weight = penult_weight = inter_weight = 1,
-alpha_penult = alpha_inter = 1, tau = 1; no logit-KD or feature-regression term. The teacher runs in
+Defaults (the reference implementation's CIFAR-100 configs, all pairs but RN50→MNV2): ce_weight = penult_weight =
+inter_weight = 1, alpha_penult = alpha_inter = 1, tau = 1; no logit-KD or feature-regression term. The teacher runs in
 eval mode under no_grad (as upstream); it is not needed at test time.
 
 **How the layers sit in the student.** The layers are the method's own modules (counted by
@@ -30,14 +30,11 @@ eval mode under no_grad (as upstream); it is not needed at test time.
 ``part_of_student`` is set), and building the method wires them into ``ctx.student``'s forward, so the
 trainer's evaluation — ``student(x)`` — is the full letKD network and accuracy is measured with them:
 
-* penultimate: a forward hook on the student replaces ``(logits, Features)`` by
-  ``(classifier(GAP(x̂)), Features with stages[-1] = x̂)``: by the zoo's contract logits =
-  classifier(GAP(stages[-1])) for every family, so this needs no knowledge of any family;
-* intermediate: the submodule whose output *is* ``Features.stages[inter_stage]`` is found once by
-  tensor identity on a dummy forward, and its output is passed through the layer (models/taps.py: a torch
-  forward hook, or, for the zoo's ``forward_pre`` blocks that their parents call directly so torch hooks
-  never fire, an instance-level wrapper of ``forward_pre``). The pre-activation tap of that stage is left
-  unchanged.
+* both layers sit in the student's stage slots (models/base.py): the family passes the output map of
+  ``Features.stages[-1]`` (penultimate) and of ``stages[inter_stage]`` (intermediate) through them where
+  it computes them, so everything downstream -- the later stages, ``pooled`` and, by the zoo's contract
+  logits = classifier(GAP(stages[-1])), the logits -- sees x̂, with no knowledge of any family. The
+  pre-activation map of those stages is left unchanged.
 
 The layers follow the student's train/eval mode at every call (the trainer puts only the student in eval
 mode), and a student carries at most one letKD wiring (building another method on it replaces it;
@@ -64,8 +61,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from models.base import Features, feature_shapes
-from models.taps import stage_producer, wrap_output
+from models.base import feature_shapes
 
 from ..base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
 from ..common import full_precision, pool_to
@@ -87,7 +83,7 @@ class CosConv(nn.Module):
 
 
 class KDLayer(nn.Module):
-    """x -> (x + α·CosConv_v(ReLU(BN(S))), S) with S = CosConv_p(x): the letKD layer (spec B2)."""
+    """x -> (x + α·CosConv_v(ReLU(BN(S))), S) with S = CosConv_p(x): the letKD layer (paper, Sec. 3)."""
 
     def __init__(self, channels: int, k: int, alpha: float, pred_scale: float = 3.0, value_scale: float = 1.0):
         super().__init__()
@@ -112,7 +108,7 @@ def letkd_kl(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def locations(fmap: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [B·H·W, C] rows in (b, h, w) order (the order of engine.supervision.location_rows)."""
+    """[B, C, H, W] -> [B·H·W, C] rows in (b, h, w) order (as ``.supervision.location_rows``)."""
     return fmap.permute(0, 2, 3, 1).reshape(-1, fmap.shape[1])
 
 
@@ -145,32 +141,29 @@ def inter_targets(f_t: torch.Tensor, labels: torch.Tensor, scalings: torch.Tenso
 
 # ------------------------------------------------------------------------------- wiring into a student
 WIRING = "letkd"  # the student's extension that passes its maps through the KD layers
-def wire(student: nn.Module, layers: nn.Module, producer: nn.Module | None) -> None:
-    """Pass ``student``'s last stage through ``layers.penult`` (its pooled map and logits recomputed) and,
-    with a ``producer`` module, that module's output through ``layers.inter``; the layers' scores ride on
-    the returned Features as ``extras["letkd_scores"]``. ``unwire`` undoes it."""
-    pending: dict[str, torch.Tensor] = {}
+class _Through:
+    """A KD layer as a stage slot of ``student``; notes the layer's scores in the forward's extras. An object
+    rather than a closure, so a deep copy of the student is bound to the copies."""
 
-    def through(layer: KDLayer, key: str, x: torch.Tensor) -> torch.Tensor:
-        if layer.training != student.training:  # the trainer switches only the student to eval
-            layer.train(student.training)
-        x_hat, scores = layer(x)
-        pending[key] = scores
+    def __init__(self, student: nn.Module, layer: KDLayer, key: str):
+        self.student, self.layer, self.key = student, layer, key
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layer.training != self.student.training:  # the trainer switches only the student to eval
+            self.layer.train(self.student.training)
+        x_hat, scores = self.layer(x)
+        self.student.forward_extras.setdefault("letkd_scores", {})[self.key] = scores
         return x_hat
 
-    def penult_hook(model, inputs, output):
-        _, feats = output
-        x_hat = through(layers.penult, "penult", feats.stages[-1])
-        pooled = x_hat.mean(dim=(2, 3))
-        out = Features(stem=feats.stem, stages=[*feats.stages[:-1], x_hat], preact=feats.preact, pooled=pooled,
-                       extras={**feats.extras, "letkd_scores": dict(pending)})
-        pending.clear()
-        return model.classifier(pooled), out
 
+def wire(student: nn.Module, layers: nn.Module, inter_stage: int | None) -> None:
+    """Pass ``student``'s last stage through ``layers.penult`` and, with an ``inter_stage``, that stage's
+    output through ``layers.inter`` (stage slots: the later stages, pooled map and logits follow); the
+    layers' scores ride on the returned Features as ``extras["letkd_scores"]``. ``unwire`` undoes it."""
     undo = []
-    if producer is not None:
-        undo.append(wrap_output(producer, lambda x: through(layers.inter, "inter", x)))
-    undo.append(student.register_forward_hook(penult_hook).remove)
+    if inter_stage is not None:
+        undo.append(student.add_stage_slot(inter_stage, _Through(student, layers.inter, "inter")))
+    undo.append(student.add_stage_slot(-1, _Through(student, layers.penult, "penult")))
     student.attach_extension(WIRING, None, undo)  # the layers' weights are the method's (or method_parts)
 
 
@@ -229,7 +222,6 @@ class LetKD(Method):
         self.penult = KDLayer(c_s, centroids.shape[0], params.alpha_penult)
         self.register_buffer("centroids", centroids, persistent=False)  # teacher data: not a student part
 
-        producer = None
         if self.intermediate:
             idx = card["inter_stage"]
             for who, shapes in (("student", s_shapes), ("teacher", t_shapes)):
@@ -243,16 +235,12 @@ class LetKD(Method):
                                           f"the teacher's stage {idx} has {ci_t} (built for another teacher)")
             ci_s, *si_hw = s_shapes["stages"][idx]
             _check_grid(f"stage-{idx}", "inter_size", si_hw, card["inter_grid"], ti_hw)
-            producer = stage_producer(student, idx, ctx.input_size)
-            if producer is None:
-                raise MethodNotApplicable(f"the student computes stage {idx} inline (no module to attach a KD "
-                                          "layer to); choose another supervision.inter_stage")
             self.inter_idx, self.subclasses = idx, card["subclasses"]
             self.inter_side = card["inter_grid"][0] if list(ti_hw) != card["inter_grid"] else 0
             self.inter = KDLayer(ci_s, sup["decision"].shape[0], params.alpha_inter)
             for name in ("lda_scalings", "lda_xbar", "sub_centers", "decision"):
                 self.register_buffer(name, torch.as_tensor(sup[name], dtype=torch.float32), persistent=False)
-        wire(student, self, producer)
+        wire(student, self, self.inter_idx if self.intermediate else None)
 
     @classmethod
     def load_supervision(cls, directory: Path) -> dict:
@@ -275,11 +263,9 @@ class LetKD(Method):
         ``student`` and return them (the caller loads their weights): the student as it was evaluated."""
         layers = nn.Module()
         layers.penult = KDLayer(*config["penult"])
-        producer = None
         if "inter" in config:
             layers.inter = KDLayer(*config["inter"])
-            producer = stage_producer(student, config["inter_stage"], config["input_size"])
-        wire(student, layers, producer)
+        wire(student, layers, config["inter_stage"] if "inter" in config else None)
         return layers
 
 

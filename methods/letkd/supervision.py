@@ -1,4 +1,5 @@
-"""Teacher-derived supervision, built once per teacher before any student trains (letKD, spec Part B3/B4).
+"""Teacher-derived supervision, built once per teacher before any student trains (letKD,
+Gorgun et al., BMVC 2023: the supplement's Alg. 1 and 2).
 
 Two targets come from the frozen teacher run over the **un-augmented** training set, one feature vector
 per spatial location (every location of every image is a sample):
@@ -19,7 +20,7 @@ per spatial location (every location of every image is a sample):
   Online the target of a location with label y is D[k*] with k* the nearest centre among y's sub-classes.
 
 Either map may first be average-pooled to a side of ``penult_size`` / ``inter_size`` (0 = as is), the
-spec's "downscale" for pairs whose student maps are smaller than the teacher's.
+reference implementation's "downscale" for pairs whose student maps are smaller than the teacher's.
 
 On disk (``save_supervision``): ``supervision.npz`` (deterministic bytes: sorted members, fixed zip
 timestamps) plus ``card.json`` with every array's shape and dtype, the grids, the npz's SHA-256 and the
@@ -246,7 +247,7 @@ class Built:
 def build_supervision(teacher: torch.nn.Module, data: Prepared, cfg, dev: torch.device) -> Built:
     """Everything of the module docstring, from a trained teacher and a prepared dataset.
 
-    ``cfg`` is the ``supervision`` params section (engine.params.SupervisionParams).
+    ``cfg`` is the ``supervision`` params section (methods.letkd.params.SupervisionParams).
     """
     n = len(feature_shapes(teacher, data.train.images.shape[-1])["stages"])
     if not -n <= cfg.inter_stage < n or cfg.inter_stage % n == n - 1:
