@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--noise-batch", type=int, default=96)
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--probe-step", type=int, default=60)
-    ap.add_argument("--max-samples", type=int, default=S.SigmaParams.max_samples,
+    ap.add_argument("--max-samples", type=int, default=S.SigmaParams.model_fields["max_samples"].default,
                     help="batched: samples per forward (0 = all at once)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
