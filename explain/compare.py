@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.paths import REPORTS
 from core.tracking import StageRun, tracking_uri
 
 STAGES = ("train_baseline", "distill")
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", default="kdlens-scenes")
-    ap.add_argument("--out", type=Path, default=Path("reports/compare.md"))
+    ap.add_argument("--out", type=Path, default=REPORTS / "compare.md")
     args = ap.parse_args(argv)
     client = mlflow.MlflowClient(tracking_uri())
     exp = client.get_experiment_by_name(args.experiment)

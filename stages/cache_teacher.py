@@ -7,7 +7,7 @@ read nothing but the teacher's logits use it; the others run the (BN-folded) tea
 from dataset.store import load_prepared
 from core.device import device
 from core.files import atomic_dir, sha256_file, write_json
-from training.jobs import loaders
+from training.fitter import loaders
 from training.saved import load_model
 from stages.params import load_params
 from core.stage import run_stage

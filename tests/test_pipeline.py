@@ -251,6 +251,19 @@ def test_unselected_method_params_rerun_nothing(repo):
     _run(repo, "git", "checkout", "params.yaml")
 
 
+def test_code_edits_rerun_exactly_the_stages_that_run_that_code(repo):
+    """Each stage depends on the code it imports (tests/test_architecture.py): editing an unselected
+    method re-runs nothing, and editing the sigma estimator re-runs no training."""
+    _restore_committed_state(repo)
+    for path, expected in (("methods/rkd.py", set()),
+                           ("explain/sigma.py", {"estimate_sigma@baseline", "estimate_sigma@student"})):
+        with open(repo / path, "a") as f:
+            f.write("\n# an edit\n")
+        changed = json.loads(_run(repo, "dvc", "status", "--json").stdout)
+        assert set(changed) == expected, (path, changed)
+        _run(repo, "git", "checkout", path)
+
+
 def test_teacher_compile_switch_reruns_only_the_stages_that_run_the_teacher(repo):
     """``trainer.compile_teacher`` is how the frozen teacher runs: neither the teacher's nor the baseline's
     training declares it, so switching it retrains neither; the compiled teacher's cache holds the same

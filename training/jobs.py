@@ -14,27 +14,23 @@ import torch
 
 import methods
 import models
-from explain import routing
+from core import checkpoint, distributed
+from core.device import device
+from core.files import sha256_file, write_json
+from core.paths import CHECKPOINT_DIR, MODEL_FILE, WEIGHT_DISTANCE_FILE
+from core.stage import work_dir
+from core.tracking import StageRun
+from dataset.store import Prepared, load_prepared
 from explain.plots import training_curves
 from models.base import count_parameters
-from models.vam import attach_vam, vam_parameter_count, vam_regulariser
+from models.vam import VamParams, vam_parameter_count
 
-from core import checkpoint, distributed
-from dataset.store import Prepared, load_prepared
-from core.device import device
-from core.errors import KdlensError
-from core.files import sha256_file, write_json
-from dataset.loader import Loader
-from models.vam import VamParams
-from training.params import StructureParams, TrainerParams, TrainParams
-from core.stage import work_dir
-from .teacher import Views, frozen_teacher, open_cache
-from .trainer import FitResult, fit
-from core.paths import (CHECKPOINT_DIR, MODEL_FILE, ROUTING_FILE, STAGE1_FILE, STRUCTURE_CURVES_FILE,
-                        WEIGHT_DISTANCE_FILE)
-from core.tracking import StageRun
-
+from .params import StructureParams, TrainerParams, TrainParams
 from .saved import load_model
+from .fitter import Fitter, loaders, new_student  # noqa: F401 (loaders: the API)
+from .structure import learn_structure, write_structure
+from .teacher import Views, frozen_teacher, open_cache
+from .trainer import FitResult
 
 
 @dataclass
@@ -75,35 +71,6 @@ def reads_teacher_logits_only(method: str) -> bool:
     return cls.needs_teacher and not cls.uses_features
 
 
-def new_student(arch: str, data: Prepared, seed: int, vam: VamParams | None, dev: torch.device):
-    torch.manual_seed(seed)  # same seed + arch => the baseline and every student start alike
-    student = models.create(arch, data.num_classes)
-    if vam is not None and vam.enabled:
-        try:
-            attach_vam(student, vam.stages, vam.groups, vam.init_gain, vam.entropy_weight,
-                       input_size=data.train.images.shape[-1])
-        except ValueError as e:
-            raise KdlensError(f"params.yaml: vam: {e}") from None
-    return student.to(dev)
-
-
-def build_method(name: str, params: methods.MethodParams, student, teacher, data: Prepared, supervision=None):
-    ctx = methods.MethodContext(student=student, teacher=teacher, num_classes=data.num_classes,
-                                num_train=len(data.train.labels), input_size=data.train.images.shape[-1],
-                                train_labels=torch.from_numpy(data.train.labels), supervision=supervision)
-    try:
-        return methods.create(name, params, ctx)
-    except methods.MethodNotApplicable as e:
-        raise KdlensError(f"method {name!r} with student {type(student).__name__}: {e}") from None
-
-
-def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> tuple[Loader, Loader]:
-    mean, std = data.card["mean"], data.card["std"]
-    train = Loader(data.train, mean, std, cfg.batch_size, dev, augment=cfg.augment, shuffle=True,
-                   seed=seed, drop_last=len(data.train.labels) >= 2 * cfg.batch_size)
-    return train, Loader(data.test, mean, std, cfg.eval_batch_size, dev)
-
-
 def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, method_params, data: Prepared,
                   work: Path, teacher=None, name: str = "train", on_epoch=None, supervision=None,
                   structure: StructureParams | None = None, vam: VamParams | None = None,
@@ -130,36 +97,11 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
             cached, why = open_cache(teacher_cache[0], Views.of(train, cfg.epochs), teacher_cache[1], dev)
             source = "cache" if cached is not None else f"live ({why})"
 
-    def regularisers():
-        return vam_regulariser(student)
-
-    def run(net, name_, params_, cfg_, work_, on_epoch_, teacher_outputs=None):
-        method_ = build_method(name_, params_, net, teacher, data, supervision).to(dev)
-        if sync_bn:
-            distributed.use_sync_batchnorm(net, method_)
-        tr = loaders(data, cfg_, seed, dev)[0] if cfg_.batch_size != cfg.batch_size else train
-        res = fit(net, method_, cfg_, tr, test, seed=seed, work_dir=work_, teacher=fast if method_.needs_teacher
-                  else None, name=f"{name} {work_.name}" if work_ != work else name, on_epoch=on_epoch_,
-                  regularisers=regularisers if net is student else None, teacher_outputs=teacher_outputs)
-        return method_, res
-
+    fitter = Fitter(student, data, cfg, seed, work, name, train, test, teacher, fast, supervision, sync_bn, dev)
     stage1 = stage1_state = None
     if structure is not None and student.learns_structure:
-        prefixed = None if on_epoch is None else (
-            lambda rec: on_epoch({"epoch": rec["epoch"], **{f"structure/{k}": v for k, v in rec.items()
-                                                            if k != "epoch"}}))
-        _, stage1 = run(student, method_name, method_params, structure.train, work / "structure", prefixed)
-        stage1_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-        if structure.tree_from == "ce" and method_name != "ce":
-            # The CE arm's stage 1: same seed and code, so the same tree the baseline learns (default ce).
-            ce_net = new_student(arch, data, seed, vam, dev)
-            run(ce_net, "ce", methods.params_class("ce")(), structure.train, work / "structure_ce", None)
-            student.freeze_structure(like=ce_net)
-        else:
-            student.freeze_structure()
-        torch.manual_seed(seed)
-        student.reinitialise()
-    method, result = run(student, method_name, method_params, cfg, work, on_epoch, teacher_outputs=cached)
+        stage1, stage1_state = learn_structure(fitter, arch, vam, method_name, method_params, structure, on_epoch)
+    method, result = fitter(student, method_name, method_params, cfg, work, on_epoch, teacher_outputs=cached)
     return Trained(student, method, result, stage1, stage1_state, source)
 
 
@@ -187,11 +129,6 @@ def _train_job(job: TrainJob) -> dict:
     teacher = load_model(job.teacher_path, dev) if use_teacher else None
     needs_sup = job.supervision_path is not None and methods.get(job.method).needs_supervision
     supervision = methods.get(job.method).load_supervision(job.supervision_path) if needs_sup else None
-    # Counted before training so a method that cannot serve this pair fails before any work.
-    probe = new_student(job.arch, data, job.seed, job.vam, dev)
-    counts = {"params/student": count_parameters(probe), "params/vam": vam_parameter_count(probe),
-              "params/method_extra": build_method(job.method, job.method_params, probe, teacher,
-                                                  data, supervision).extra_parameter_count()}
     cfg = job.train
 
     inputs = {"data_sha256": card["sha256"]}
@@ -203,7 +140,6 @@ def _train_job(job: TrainJob) -> dict:
               **({"trainer.compile_teacher": job.trainer.compile_teacher} if use_teacher else {})}
     with StageRun.keyed(job.stage, card["name"], job.params_slice, inputs, logged, job.method) as run, \
             work_dir(job.stage, run.key) as wd:
-        run.log_metrics(counts)
         trained = train_network(
             job.arch, cfg, job.seed, job.method, job.method_params, data, wd, teacher=teacher, name=job.stage,
             on_epoch=lambda rec: run.log_metrics(rec, step=rec["epoch"]), supervision=supervision,
@@ -214,6 +150,9 @@ def _train_job(job: TrainJob) -> dict:
         if not world.main:
             return {}  # rank 0 writes the outputs and logs them; the others wait (distributed.process_group)
         student, method, result = trained.student, trained.method, trained.result
+        counts = {"params/student": count_parameters(student), "params/vam": vam_parameter_count(student),
+                  "params/method_extra": method.extra_parameter_count()}
+        run.log_metrics(counts)
         run.set_tags({"kdlens.teacher_source": trained.teacher_source})
         # Outputs: final weights, kept checkpoints (moved out of the work dir), metrics and curves.
         job.out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,7 +168,9 @@ def _train_job(job: TrainJob) -> dict:
         # Per-layer weight distance over training: the knowledge metrics' learning-effort axis.
         write_json(job.out_dir / WEIGHT_DISTANCE_FILE, result.weight_distance)
         history = result.history
-        structure = _write_structure(job, trained, meta, data, run) if trained.structure is not None else {}
+        structure = write_structure(job.out_dir, job.arch, job.method, job.structure.tree_from, trained.student,
+                                    trained.stage1_state, trained.structure, meta, data, run) \
+            if trained.structure is not None else {}
         best = max(history, key=lambda r: r["test/top1"])
         summary = {
             "stage": job.stage, "arch": job.arch, "method": job.method, "seed": job.seed,
@@ -251,27 +192,3 @@ def _train_job(job: TrainJob) -> dict:
         run.log_artifact(job.curves_path, "curves")  # same file name as the summary: keep both
         run.log_figure(training_curves({job.stage: history}), "plots/training_curves.png")
     return summary
-
-
-def _write_structure(job: TrainJob, trained: Trained, meta: dict, data: Prepared, run: StageRun) -> dict:
-    """Stage 1 of a learned-structure student: its weights, epoch records and routing explanation
-    (explain/routing.py) next to model.pt, figures in MLflow; returns the summary's extra keys."""
-    checkpoint.save(job.out_dir / STAGE1_FILE, {"model": trained.stage1_state, "meta": {**meta, "stage1": True}})
-    write_json(job.out_dir / STRUCTURE_CURVES_FILE, trained.structure.history)
-    soft = models.create(job.arch, data.num_classes)
-    soft.load_state_dict(trained.stage1_state)
-    classes = data.card["classes"]
-    summary = {"stage1": routing.routing_summary(soft.preferences(), classes),
-               "tree": routing.routing_summary(trained.student.preferences(), classes),
-               "tree_from": job.structure.tree_from}
-    write_json(job.out_dir / ROUTING_FILE, summary)
-    run.log_artifact(job.out_dir / ROUTING_FILE)
-    run.log_figure(routing.plot_routing(soft.preferences(), classes, f"{job.method}: stage-1 routing"),
-                   "plots/routing.png")
-    run.log_figure(routing.plot_tree(trained.student.preferences(), classes, f"{job.method}: hard tree"),
-                   "plots/tree.png")
-    run.log_figure(routing.plot_entropy_curves({job.method: trained.structure.history}), "plots/gate_entropy.png")
-    final = trained.structure.history[-1]
-    return {"structure_test_top1": final["test/top1"], "tree_from": job.structure.tree_from,
-            **{f"routing_entropy_{level}": v for level, v in summary["stage1"]["entropy"].items()
-               if "/" not in level}}
