@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dataset import prepare  # noqa: E402
 from dataset.store import load_prepared  # noqa: E402
 from core.device import device  # noqa: E402
-from training.jobs import loaders, train_network  # noqa: E402
-from training.saved import load_model  # noqa: E402
+from training.fitter import loaders  # noqa: E402
+from training.jobs import train_network  # noqa: E402
+from models.saved import load_model  # noqa: E402
 from stages.params import load_params  # noqa: E402
 from training.trainer import evaluate  # noqa: E402
 

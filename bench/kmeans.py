@@ -37,7 +37,7 @@ def teacher_locations(teacher_path: Path, data_dir: Path, arch: str, batch_size:
     """(features [N·H·W, C], description) of the teacher's last stage over the un-augmented train split."""
     import models
     from dataset import store
-    from training.saved import load_model
+    from models.saved import load_model
 
     dev = device()
     if (data_dir / "card.json").is_file():

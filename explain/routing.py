@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import matplotlib
 import numpy as np
 
-from models.ltb import entropy_rows, level_entropy  # noqa: F401 (entropy_rows: re-exported)
+from models.ltb import level_entropy
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .params import HALF_LOG_2PI_E, SigmaParams, entropy_target  # noqa: F401 (entropy_target: public)
+from .params import HALF_LOG_2PI_E, SigmaParams
 
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]

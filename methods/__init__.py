@@ -4,7 +4,7 @@ A new method is one new file ``methods/<name>.py`` whose class is decorated with
 ``methods.registry`` imports a method's module only when the method is used.
 """
 from .base import Method, MethodContext, MethodNotApplicable, MethodParams, Phase
-from .registry import MethodName, create, get, names, params_class
+from .registry import MethodName, create, get, names, params_class, restore_parts
 
 __all__ = ["Method", "MethodContext", "MethodName", "MethodNotApplicable", "MethodParams", "Phase", "create",
-           "get", "names", "params_class"]
+           "get", "names", "params_class", "restore_parts"]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator
+from torch import nn
 
 from .base import Method, MethodContext, MethodParams
 
@@ -49,6 +50,11 @@ def params_class(name: str) -> type[MethodParams]:
 
 def create(name: str, params: MethodParams, ctx: MethodContext) -> Method:
     return get(name)(params, ctx)
+
+
+def restore_parts(model: nn.Module, name: str, config: dict) -> nn.Module:
+    """Rebuild method ``name``'s test-time parts into ``model`` (``models.saved.load_model``'s restorer)."""
+    return get(name).restore_into(model, config)
 
 
 def _known_method(name: str) -> str:

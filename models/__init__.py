@@ -8,7 +8,7 @@ Every model follows the ``Classifier`` contract in ``models.base``; LTB alone ha
 """
 from . import ltb, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401 (register)
 from .base import Classifier, Features, count_parameters, feature_shapes
-from .registry import UnknownModelError, create, names, register
+from .registry import UnknownModelError, create, family, names, register
 
-__all__ = ["Classifier", "Features", "UnknownModelError", "count_parameters", "create", "feature_shapes",
-           "names", "register"]
+__all__ = ["Classifier", "Features", "UnknownModelError", "count_parameters", "create", "family",
+           "feature_shapes", "names", "register"]

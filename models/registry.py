@@ -1,7 +1,8 @@
 """Architectures by name: ``create(name, num_classes)``. Families register themselves on import."""
 from __future__ import annotations
 
-from typing import Annotated, Callable
+from functools import partial
+from typing import Annotated, Callable, get_type_hints
 
 from pydantic import AfterValidator
 
@@ -32,6 +33,15 @@ def create(name: str, num_classes: int) -> Classifier:
     if name not in _BUILDERS:
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
     return _BUILDERS[name](num_classes)
+
+
+def family(name: str) -> type[Classifier]:
+    """The class ``create(name, ...)`` builds, without building one (for its class-level traits, e.g.
+    ``learns_structure``): the builder itself, the class a ``partial`` wraps, or a function's return type."""
+    builder = _BUILDERS[name]
+    if isinstance(builder, partial):
+        builder = builder.func
+    return builder if isinstance(builder, type) else get_type_hints(builder)["return"]
 
 
 def _known_arch(name: str) -> str:

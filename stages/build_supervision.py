@@ -2,10 +2,11 @@
 from dataset.store import load_prepared
 from core.device import device
 from core.files import sha256_file, write_json
-from training.saved import load_model
+from models.saved import load_model
 from stages.params import load_params
 from core.stage import run_stage
-from methods.letkd.supervision import CARD, build_supervision, cluster_size_figure, faiss_use_gpu, save_supervision
+from methods.letkd.store import CARD, save_supervision
+from methods.letkd.supervision import build_supervision, cluster_size_figure, faiss_use_gpu
 from core.tracking import StageRun
 
 from core.paths import DATA, PARAMS, SUPERVISION, metrics_path, model_path

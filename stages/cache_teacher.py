@@ -8,7 +8,7 @@ from dataset.store import load_prepared
 from core.device import device
 from core.files import atomic_dir, sha256_file, write_json
 from training.fitter import loaders
-from training.saved import load_model
+from models.saved import load_model
 from stages.params import load_params
 from core.stage import run_stage
 from training.teacher import CARD, build_cache, frozen_teacher

@@ -21,7 +21,8 @@ from dataset.store import load_prepared
 from core.device import device
 from core.errors import KdlensError
 from core.files import sha256_file, write_json, write_npz
-from training.saved import METHOD_PARTS, load_model, load_weights
+import methods
+from models.saved import METHOD_PARTS, load_model, load_weights
 from stages.params import load_params
 from core.stage import run_stage
 from core.tracking import StageRun
@@ -57,7 +58,7 @@ def main() -> None:
     raw = torch.from_numpy(test.images[ids]).to(dev)
     images = (raw.float() - mean) / std  # as dataset.loader.Loader.normalise
     saved = model_path(role)
-    model = load_model(saved, dev)
+    model = load_model(saved, dev, methods.restore_parts)
     ckpts = checkpoints(role)
     epochs = [e for e, _ in ckpts]
     method = p.method if role == "student" else "ce"

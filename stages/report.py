@@ -4,7 +4,8 @@ import numpy as np
 from dataset.store import load_prepared
 from core.device import device
 from core.files import read_json, write_json
-from training.saved import load_model
+import methods
+from models.saved import load_model
 from core.schema import params_hash
 from stages.params import load_params
 from core.stage import run_stage
@@ -31,7 +32,7 @@ def knowledge_inputs(p):
     data = load_prepared(DATA)
     ids = sigma["student"]["image_ids"]
     masks = data.test.masks[ids] if data.test.masks is not None else None
-    model = load_model(model_path("student"), device())
+    model = load_model(model_path("student"), device(), methods.restore_parts)
     layer = analysed_layer(model, p.sigma.tap, p.sigma.index)
     return sigma, wd, masks, data.test.masked[ids], data, layer
 

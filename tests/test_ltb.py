@@ -60,6 +60,11 @@ def test_no_linear_classifier_and_features_not_exposed():
     assert not any(isinstance(m, nn.Linear) for m in model.modules())
 
 
+def test_registered_ltbs_learn_their_structure():
+    for name in ("ltb", "ltb_w16"):  # known from the registry alone, no network built
+        assert models.family(name) is LTB and models.family(name).learns_structure
+
+
 def test_init_follows_a2():
     model = small()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

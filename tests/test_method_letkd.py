@@ -195,7 +195,8 @@ def test_without_supervision_the_method_refuses_in_one_line():
 def test_saved_student_reloads_with_its_kd_layers(name, tmp_path):
     """model.pt keeps the KD layers' weights and config; load_model rebuilds the student as evaluated."""
     from core import checkpoint
-    from training.saved import load_model
+    from core.errors import KdlensError
+    from models.saved import load_model
 
     method, student, _ = _setup(name)
     with torch.no_grad():  # trained-looking layers: move every KD-layer weight off its init
@@ -203,7 +204,9 @@ def test_saved_student_reloads_with_its_kd_layers(name, tmp_path):
             p.add_(0.1 * torch.randn_like(p))
     meta = {"arch": "resnet8", "num_classes": NUM_CLASSES, "method": name, "method_parts": method.test_time_config()}
     checkpoint.save(tmp_path / "model.pt", {"model": student.state_dict(), "meta": meta, "method": method.state_dict()})
-    loaded = load_model(tmp_path / "model.pt", torch.device("cpu")).eval()
+    with pytest.raises(KdlensError, match=f"a {name} student that keeps the method's layers"):
+        load_model(tmp_path / "model.pt", torch.device("cpu"))  # e.g. as a teacher: refused in one line
+    loaded = load_model(tmp_path / "model.pt", torch.device("cpu"), methods.restore_parts).eval()
     student.eval()
     method.eval()
     x, _ = _batch()

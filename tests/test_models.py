@@ -96,6 +96,13 @@ def test_every_expected_model_is_registered():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_family_is_the_class_create_builds(name):
+    """``family`` answers class-level traits (``learns_structure``) without building a network."""
+    assert models.family(name) is type(run(name)[0])
+    assert models.family(name).learns_structure is False
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_parameter_count_matches_table(name):
     model, _, _ = run(name)
     assert abs(count_parameters(model) / 1e6 - EXPECTED[name][0]) <= 0.006, count_parameters(model)

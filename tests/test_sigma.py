@@ -8,6 +8,7 @@ from torch import nn
 from tqdm import tqdm
 
 from explain import sigma as S
+from explain.params import entropy_target
 
 G = 4  # 16x16 inputs on a 4x4 grid: 4x4-pixel cells, as 32x32 on 8x8
 # lr scaled with G^2 from the 8x8 default, so the per-cell steps are the same (see SigmaParams)
@@ -39,9 +40,9 @@ def half():
 
 
 def test_entropy_target_and_map():
-    assert S.entropy_target(0.01, 1.4714) == pytest.approx(-2.8, abs=1e-3)
+    assert entropy_target(0.01, 1.4714) == pytest.approx(-2.8, abs=1e-3)
     assert S.SigmaParams(entropy_target=-2.8).target == -2.8
-    assert S.entropy_target(0.02) == pytest.approx(S.entropy_target(0.01) + math.log(2))
+    assert entropy_target(0.02) == pytest.approx(entropy_target(0.01) + math.log(2))
     assert float(S.entropy_map(torch.tensor(1.0))) == pytest.approx(0.5 * math.log(2 * math.pi * math.e))
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import models
+from methods.letkd import store
 from methods.letkd import supervision as sup
 from dataset.store import Prepared, Split
 from core.errors import KdlensError
@@ -105,15 +106,15 @@ def test_build_save_load_roundtrip_and_one_line_errors(tmp_path):
     assert built.arrays["centroids"].shape == (16, 64) and built.arrays["lda_scalings"].shape == (32, 3)
     assert built.arrays["centroid_counts"].sum() == 24 * 64
     again = sup.build_supervision(teacher, data, cfg, torch.device("cpu"))
-    for name in sup.ARRAYS:  # seeded end to end: the same teacher and params give the same supervision
+    for name in store.ARRAYS:  # seeded end to end: the same teacher and params give the same supervision
         assert np.array_equal(again.arrays[name], built.arrays[name]), name
-    card = sup.save_supervision(tmp_path / "s", built.arrays, built.info)
-    first = (tmp_path / "s" / sup.NPZ).read_bytes()
-    sup.save_supervision(tmp_path / "s", built.arrays, built.info)
-    assert (tmp_path / "s" / sup.NPZ).read_bytes() == first  # deterministic bytes: DVC sees no change
-    loaded = sup.load_supervision(tmp_path / "s")
+    card = store.save_supervision(tmp_path / "s", built.arrays, built.info)
+    first = (tmp_path / "s" / store.NPZ).read_bytes()
+    store.save_supervision(tmp_path / "s", built.arrays, built.info)
+    assert (tmp_path / "s" / store.NPZ).read_bytes() == first  # deterministic bytes: DVC sees no change
+    loaded = store.load_supervision(tmp_path / "s")
     assert loaded["card"]["sha256"] == card["sha256"]
-    for name in sup.ARRAYS:
+    for name in store.ARRAYS:
         assert np.array_equal(loaded[name], built.arrays[name]), name
 
     pooled = sup.build_supervision(teacher, data, cfg.model_copy(update={"penult_size": 4, "inter_size": 8}),
@@ -122,17 +123,17 @@ def test_build_save_load_roundtrip_and_one_line_errors(tmp_path):
 
     def one_line(path, match):
         with pytest.raises(KdlensError) as e:
-            sup.load_supervision(path)
+            store.load_supervision(path)
         assert "\n" not in str(e.value) and match in str(e.value), str(e.value)
 
-    (tmp_path / "s" / sup.NPZ).write_bytes(first[:100])
-    one_line(tmp_path / "s", f"{tmp_path / 's' / sup.NPZ}: checksum does not match")
-    c = json.loads((tmp_path / "s" / sup.CARD).read_text())
-    (tmp_path / "s" / sup.CARD).write_text(json.dumps({**c, "sha256": sha256_file(tmp_path / "s" / sup.NPZ)}))
-    one_line(tmp_path / "s", f"{tmp_path / 's' / sup.NPZ}: corrupt")
-    (tmp_path / "s" / sup.CARD).write_text("{")
-    one_line(tmp_path / "s", f"{tmp_path / 's' / sup.CARD}: corrupt JSON")
-    one_line(tmp_path / "absent", f"{tmp_path / 'absent' / sup.CARD}: missing")
+    (tmp_path / "s" / store.NPZ).write_bytes(first[:100])
+    one_line(tmp_path / "s", f"{tmp_path / 's' / store.NPZ}: checksum does not match")
+    c = json.loads((tmp_path / "s" / store.CARD).read_text())
+    (tmp_path / "s" / store.CARD).write_text(json.dumps({**c, "sha256": sha256_file(tmp_path / "s" / store.NPZ)}))
+    one_line(tmp_path / "s", f"{tmp_path / 's' / store.NPZ}: corrupt")
+    (tmp_path / "s" / store.CARD).write_text("{")
+    one_line(tmp_path / "s", f"{tmp_path / 's' / store.CARD}: corrupt JSON")
+    one_line(tmp_path / "absent", f"{tmp_path / 'absent' / store.CARD}: missing")
 
     with pytest.raises(KdlensError, match="supervision.k: 4096 centroids for only 1536"):
         sup.build_supervision(teacher, data, cfg.model_copy(update={"k": 4096}), torch.device("cpu"))

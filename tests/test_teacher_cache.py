@@ -11,7 +11,8 @@ import methods
 import models
 from dataset import BUILDERS
 from dataset.store import in_memory
-from training.jobs import loaders, train_network
+from training.fitter import loaders
+from training.jobs import train_network
 from dataset.params import DataParams, ScenesParams
 from training.params import TrainParams
 from training.teacher import TeacherCache, Views, build_cache, frozen_teacher, open_cache

@@ -23,11 +23,11 @@ from core.tracking import StageRun
 from dataset.store import Prepared, load_prepared
 from explain.plots import training_curves
 from models.base import count_parameters
+from models.saved import load_model
 from models.vam import VamParams, vam_parameter_count
 
 from .params import StructureParams, TrainerParams, TrainParams
-from .saved import load_model
-from .fitter import Fitter, loaders, new_student  # noqa: F401 (loaders: the API)
+from .fitter import Fitter, loaders, new_student
 from .structure import learn_structure, write_structure
 from .teacher import Views, frozen_teacher, open_cache
 from .trainer import FitResult
@@ -111,7 +111,7 @@ def run_train_job(job: TrainJob) -> dict:
     size = distributed.processes(job.trainer.nproc)
     if size > 1:
         sizes = {f"{job.role}.train.batch_size": job.train.batch_size}
-        if job.structure is not None and models.create(job.arch, 2).learns_structure:
+        if job.structure is not None and models.family(job.arch).learns_structure:
             sizes[f"{job.role}.structure.train.batch_size"] = job.structure.train.batch_size
         distributed.check_split(size, sizes, job.trainer.sync_bn)
     distributed.relaunch(size)

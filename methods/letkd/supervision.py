@@ -22,9 +22,9 @@ per spatial location (every location of every image is a sample):
 Either map may first be average-pooled to a side of ``penult_size`` / ``inter_size`` (0 = as is), the
 reference implementation's "downscale" for pairs whose student maps are smaller than the teacher's.
 
-On disk (``save_supervision``): ``supervision.npz`` (deterministic bytes: sorted members, fixed zip
+On disk (``store.save_supervision``, methods/letkd/store.py): ``supervision.npz`` (deterministic bytes: sorted members, fixed zip
 timestamps) plus ``card.json`` with every array's shape and dtype, the grids, the npz's SHA-256 and the
-build statistics. ``load_supervision`` checks all of it and reports a missing or corrupt file in one line.
+build statistics. ``store.load_supervision`` checks all of it and reports a missing or corrupt file in one line.
 No MLflow here: the stage logs what ``build_supervision`` returns.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ from core.device import device
 from core.errors import KdlensError
 from dataset.loader import Loader
 
-from .store import ARRAYS, CARD, FORMAT, NPZ, load_supervision, save_supervision  # noqa: F401 (the stage's API)
+from .store import FORMAT
 from models.base import feature_shapes
 
 
