@@ -16,12 +16,23 @@ is the one path DVC watches (dvc.yaml). Classes and files are taken in sorted or
 thread pool (Pillow releases the GIL while decoding and resizing), so the same folder gives the same
 bytes. A missing split, an empty class folder, classes that differ between train and test, or a mask
 that matches no image raise at once; an unreadable or empty file is skipped and reported in the info.
+
+Two more kinds of file are skipped unread and reported the same way:
+
+* an image or mask that would decode to more than ``data.max_pixels`` pixels (a JPEG at its reduced
+  scale). ``Image.open`` reads only the header, so this is checked before decoding: a few KB of PNG can
+  inflate to gigabytes, several decode at once, and each is squashed to ``data.image_size`` anyway.
+  Pillow's own, higher limit is a skip too;
+* a file or class folder that is a symlink resolving outside ``data.root``, all that the dataset may
+  read (the one path DVC watches). Such a class folder is not walked; such a split folder raises. Links
+  inside ``data.root`` are followed, but symlinked folders below a class folder are never walked.
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -56,24 +67,44 @@ def _files(folder: Path) -> list[Path]:
         part.startswith(".") for part in f.relative_to(folder).parts))
 
 
-def scan(root: Path) -> tuple[list[str], dict[str, list[Item]]]:
-    """The class names and, per split, every image file; the folder's structure is checked here."""
+def _outside(path: Path, root: Path) -> str | None:
+    """What is wrong with ``path`` if it resolves (through a symlink) outside ``root``; None inside."""
+    target = path.resolve()
+    return None if target.is_relative_to(root.resolve()) else f"{path}: a symlink to {target}, outside data.root"
+
+
+def scan(root: Path) -> tuple[list[str], dict[str, list[Item]], list[str]]:
+    """The class names, every image file per split, and the class folders skipped as links outside
+    ``root``; the folder's structure is checked here."""
     if not root.is_dir():
         raise KdlensError(f"data.root: {root} is not a directory; data.name: folder reads "
                           f"{root}/train/<class>/* and {root}/test/<class>/*")
-    names = {}
+    names, skipped = {}, []
     for split in SPLITS:
         if not (root / split).is_dir():
             raise KdlensError(f"data.root: {root / split} is missing; put each class's images in "
                               f"{root / split}/<class>/")
-        names[split] = sorted(d.name for d in (root / split).iterdir() if d.is_dir() and not d.name.startswith("."))
+        if why := _outside(root / split, root):
+            raise KdlensError(f"{why}; a split must lie inside data.root, so point data.root at the real folder")
+        names[split] = []
+        for d in sorted((root / split).iterdir()):
+            if d.is_dir() and not d.name.startswith("."):
+                # rglob walks the folder it starts from even when that is a link, so check the class folder
+                # here; it does not descend into symlinked folders below it.
+                if why := _outside(d, root):
+                    skipped.append(f"{why}; not walked (copy the folder into data.root)")
+                else:
+                    names[split].append(d.name)
+    # Name the skipped links where they explain the error: a skipped class folder looks like a missing one.
+    links = f" (skipped: {'; '.join(skipped)})" if skipped else ""
     if not names["train"]:
-        raise KdlensError(f"{root / 'train'}: no class folders; put each class's images in {root / 'train'}/<class>/")
+        raise KdlensError(f"{root / 'train'}: no class folders; put each class's images in {root / 'train'}/<class>/"
+                          f"{links}")
     if names["train"] != names["test"]:
         only = {s: sorted(set(names[s]) - set(names[o])) for s, o in (("train", "test"), ("test", "train"))}
         raise KdlensError(f"{root / 'test'}: classes differ from {root / 'train'} (only in train: "
                           f"{', '.join(only['train']) or '-'}; only in test: {', '.join(only['test']) or '-'}); "
-                          "give both splits the same class folders")
+                          f"give both splits the same class folders{links}")
     items = {}
     for split in SPLITS:
         items[split] = []
@@ -84,7 +115,7 @@ def scan(root: Path) -> tuple[list[str], dict[str, list[Item]]]:
                 raise KdlensError(f"{folder}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} file); add images "
                                   "or remove the class from both splits")
             items[split] += [Item(f.relative_to(root).as_posix(), label) for f in found]
-    return names["train"], items
+    return names["train"], items, skipped
 
 
 def _png_masks(masks: Path, rels: set[str], root: Path) -> dict[str, Path]:
@@ -173,19 +204,35 @@ def _box_mask(boxes: tuple[Box, ...], width: int, height: int, size: int) -> np.
     return m
 
 
-def decode(root: Path, size: int, item: Item) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+def _too_large(im, max_pixels: int) -> str | None:
+    """Why ``im`` (opened, not yet decoded) is not decoded: over ``max_pixels``; None if it fits."""
+    width, height = im.size
+    if width * height <= max_pixels:
+        return None
+    return f"too large ({width}x{height} = {width * height:,} pixels to decode, over data.max_pixels: {max_pixels:,})"
+
+
+def decode(root: Path, size: int, max_pixels: int,
+           item: Item) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
     """(image uint8 [3, S, S], mask uint8 [S, S] or None, why something was skipped or None).
 
-    An unreadable or empty image gives no image; an unreadable mask PNG keeps the image without a mask.
+    An unreadable, empty or too large image, or one linked from outside ``root``, gives no image; such a
+    mask PNG keeps the image without a mask.
     """
     path = root / item.rel
     try:
+        if why := _outside(path, root):
+            return None, None, f"{why}; not read (copy the file into data.root)"
         if path.stat().st_size == 0:
             return None, None, f"{path}: empty file"
         with Image.open(path) as im:
             width, height = im.size
             im.draft("RGB", (size, size))  # JPEG only: decode at a reduced scale, still >= size
+            if why := _too_large(im, max_pixels):  # after the draft: that is the size actually decoded
+                return None, None, f"{path}: {why}; shrink it or raise data.max_pixels"
             image = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    except Image.DecompressionBombError as e:  # raised by Image.open, before any decoding
+        return None, None, f"{path}: too large for Pillow to open ({one_line(e)})"
     except Exception as e:  # a decoder fails in many ways on bad bytes: every one means "unreadable"
         return None, None, f"{path}: unreadable ({one_line(e)})"
     image = np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -194,17 +241,28 @@ def decode(root: Path, size: int, item: Item) -> tuple[np.ndarray | None, np.nda
     if isinstance(item.mask, tuple):
         return image, _box_mask(item.mask, width, height, size), None
     try:
+        if why := _outside(item.mask, root):
+            return image, None, f"{why}; not read, image kept without a mask"
         with Image.open(item.mask) as im:
+            if why := _too_large(im, max_pixels):
+                return image, None, f"{item.mask}: mask {why}, image kept without one"
             fg = Image.fromarray(_mask_pixels(im).astype(np.uint8))
     except Exception as e:  # as above
         return image, None, f"{item.mask}: unreadable mask, image kept without one ({one_line(e)})"
     return image, (np.asarray(fg.resize((size, size), Image.Resampling.NEAREST)) > 0).astype(np.uint8), None
 
 
-def _decode_split(root: Path, size: int, items: list[Item], with_masks: bool, desc: str) -> tuple[Split, list[str]]:
+def _decode_split(root: Path, size: int, max_pixels: int, items: list[Item], with_masks: bool,
+                  desc: str) -> tuple[Split, list[str]]:
     """Decode one split in order (in parallel); returns it and what was skipped."""
-    with ThreadPoolExecutor(WORKERS) as pool:
-        done = list(tqdm(pool.map(partial(decode, root, size), items), total=len(items), desc=desc, disable=None))
+    # Image.open warns about images over Pillow's MAX_IMAGE_PIXELS (~89 MP). The cap in decode decides
+    # instead (it is lower, and a JPEG counts after its draft), so the warning is silenced rather than
+    # repeated on stderr or, under -W error, made an "unreadable" skip. Warning filters are process-wide:
+    # set once here around the pool, never in the worker threads.
+    with warnings.catch_warnings(), ThreadPoolExecutor(WORKERS) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        done = list(tqdm(pool.map(partial(decode, root, size, max_pixels), items), total=len(items), desc=desc,
+                         disable=None))
     kept = [(it, img, mask) for it, (img, mask, _) in zip(items, done) if img is not None]
     skipped = [why for _, _, why in done if why is not None]
     images = np.stack([img for _, img, _ in kept]) if kept else np.zeros((0, 3, size, size), np.uint8)
@@ -222,18 +280,19 @@ def _decode_split(root: Path, size: int, items: list[Item], with_masks: bool, de
 def build_folder(p: DataParams) -> tuple[Split, Split, list[str], dict]:
     """The ``folder`` dataset: ``(train, test, classes, info)``; info records what was skipped and the masks."""
     root = Path(p.root)
-    classes, items = scan(root)
+    classes, items, skipped = scan(root)
     items, mask_source = find_masks(p, root, items)
-    splits, skipped = {}, []
+    lost = len(skipped)  # the class folders skipped by scan count as skipped images
+    splits = {}
     for split in SPLITS:
-        splits[split], why = _decode_split(root, p.image_size, items[split], mask_source is not None,
+        splits[split], why = _decode_split(root, p.image_size, p.max_pixels, items[split], mask_source is not None,
                                            f"decoding {split}")
         skipped += why
         empty = [classes[c] for c in np.flatnonzero(np.bincount(splits[split].labels, minlength=len(classes)) == 0)]
         if empty:
-            raise KdlensError(f"{root / split / empty[0]}: none of its images could be read (all unreadable or "
-                              "empty files); fix or replace them")
-    lost = sum(len(items[s]) - len(splits[s].labels) for s in SPLITS)
+            raise KdlensError(f"{root / split / empty[0]}: none of its images could be read (all unreadable, "
+                              "empty, too large or linked from outside data.root); fix or replace them")
+    lost += sum(len(items[s]) - len(splits[s].labels) for s in SPLITS)
     info = {
         "dataset": "folder",
         "source": f"image folder {p.root}",

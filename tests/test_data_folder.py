@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from dataset import load_prepared, prepare
 from dataset.store import Split
@@ -189,9 +189,17 @@ def _missing_root(root):
     return "is not a directory"
 
 
+def _split_linked_outside(root):
+    (root / "test").rename(root.parent / "test_elsewhere")
+    (root / "test").symlink_to(root.parent / "test_elsewhere")
+    return f"{root / 'test'}: a symlink to {root.parent / 'test_elsewhere'}, outside data.root"
+
+
 @pytest.mark.parametrize("damage, masks", [(_empty_class, None), (_class_mismatch, None), (_stray_png_mask, "masks"),
-                                           (_stray_csv_row, "b.csv"), (_missing_root, None)],
-                         ids=["empty_class", "class_mismatch", "stray_png_mask", "stray_csv_row", "missing_root"])
+                                           (_stray_csv_row, "b.csv"), (_missing_root, None),
+                                           (_split_linked_outside, None)],
+                         ids=["empty_class", "class_mismatch", "stray_png_mask", "stray_csv_row", "missing_root",
+                              "split_linked_outside"])
 def test_bad_layout_stops_with_one_line_naming_the_path(tmp_path, damage, masks):
     root = tmp_path / "images"
     write_folder(root, 2, 2)
@@ -231,6 +239,87 @@ def test_class_whose_images_are_all_unreadable(tmp_path):
         f.write_bytes(b"")
     with pytest.raises(KdlensError, match=r"train/solid: none of its images could be read"):
         prepare(_params(root), tmp_path / "prepared")
+
+
+def _decoded_sizes(monkeypatch) -> list[tuple[int, int]]:
+    """The size of every image Pillow decodes from now on (the header alone is read by Image.open)."""
+    sizes, load = [], ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: sizes.append(im.size) or load(im))
+    return sizes
+
+
+def test_images_over_the_pixel_cap_are_skipped_before_decoding(tmp_path, monkeypatch, recwarn):
+    root = tmp_path / "images"
+    write_folder(root, 2, 2)
+    # 1-bit PNGs of a few KB: 13000x13000 would decode to ~0.5 GB of RGB, under Pillow's own error limit
+    # (it only warns); 14000x14000 is over it, so Image.open itself refuses it.
+    Image.new("1", (13000, 13000)).save(root / "train/solid/bomb.png")
+    Image.new("1", (14000, 14000)).save(root / "test/vstripes/huge.png")
+    assert (root / "train/solid/bomb.png").stat().st_size < 100_000
+    decoded = _decoded_sizes(monkeypatch)
+    card = prepare(_params(root), tmp_path / "prepared")
+    assert card["counts"]["train"] == 6 and card["counts"]["test"] == 6
+    assert card["skipped"]["images"] == 2 and card["skipped"]["masks"] == 0
+    bomb, huge = card["skipped"]["first"]
+    assert bomb == (f"{root / 'train/solid/bomb.png'}: too large (13000x13000 = 169,000,000 pixels to decode, over "
+                    "data.max_pixels: 64,000,000); shrink it or raise data.max_pixels")
+    assert huge.startswith(f"{root / 'test/vstripes/huge.png'}: too large for Pillow to open (DecompressionBombError:")
+    assert decoded and max(w * h for w, h in decoded) == 32 * 32  # only the small images were decoded
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_pixel_cap_counts_a_jpeg_after_its_draft_and_applies_to_masks(tmp_path):
+    root = tmp_path / "images"
+    write_folder(root, 2, 2, masked=lambda s, c, i: i == 0, masks="png")
+    Image.new("RGB", (1100, 1000)).save(root / "train/solid/big.png")  # 1.1 MP: over a 1 MP cap
+    # 1.92 MP, but a JPEG is decoded at a reduced scale (1/8 here: 200x150) since image_size is 16.
+    Image.new("RGB", (1600, 1200), (200, 30, 30)).save(root / "train/vstripes/big.jpg")
+    Image.new("L", (1100, 1000), 255).save(root / "masks/test/solid/img_00.png")
+    card = prepare(_params(root, masks=str(root / "masks"), max_pixels=1_000_000), tmp_path / "prepared")
+    assert card["counts"]["train_per_class"] == [2, 2, 3] and card["counts"]["test"] == 6
+    assert card["skipped"] == {"images": 1, "masks": 1, "first": [
+        f"{root / 'train/solid/big.png'}: too large (1100x1000 = 1,100,000 pixels to decode, over "
+        "data.max_pixels: 1,000,000); shrink it or raise data.max_pixels",
+        f"{root / 'masks/test/solid/img_00.png'}: mask too large (1100x1000 = 1,100,000 pixels to decode, over "
+        "data.max_pixels: 1,000,000), image kept without one"]}
+    assert card["mask_counts"] == {"train": 3, "test": 2}
+    jpeg = load_prepared(tmp_path / "prepared").train.images[4]  # vstripes/big.jpg sorts before img_00.png
+    assert np.abs(jpeg.astype(int) - np.array([200, 30, 30])[:, None, None]).max() <= 3
+    from conftest import tiny_params
+
+    raw = tiny_params()
+    raw["data"]["max_pixels"] = 999_999
+    with pytest.raises(KdlensError, match=r"^params.yaml: data.max_pixels: Input should be greater than or equal"):
+        parse_params(raw)
+
+
+def test_symlinks_out_of_data_root_are_skipped_and_not_walked(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "elsewhere"
+    write_folder(root, 2, 2, masked=lambda s, c, i: i == 0, masks="png")
+    write_folder(outside, 2, 0, seed=1)  # elsewhere/train/<class>/img_XX.png, elsewhere/test/<class>/ empty
+    (root / "train/solid/out.png").symlink_to(outside / "train/solid/img_00.png")
+    (root / "train/solid/in.png").symlink_to(root / "test/solid/img_00.png")  # inside data.root: followed
+    (root / "train/extra").symlink_to(outside / "train/hstripes")  # a class folder linked outside, in both
+    (root / "test/extra").symlink_to(outside / "train/vstripes")
+    (root / "train/hstripes/sub").symlink_to(outside / "train/solid", target_is_directory=True)
+    (root / "store").mkdir()  # a class folder linked inside data.root: followed
+    (root / "test/vstripes").rename(root / "store/vstripes")
+    (root / "test/vstripes").symlink_to(root / "store/vstripes")
+    (root / "masks/train/hstripes/img_00.png").unlink()
+    (root / "masks/train/hstripes/img_00.png").symlink_to(outside / "train/hstripes/img_01.png")
+    card = prepare(_params(root, masks=str(root / "masks")), tmp_path / "prepared")
+    assert card["classes"] == CLASSES and card["counts"]["train_per_class"] == [2, 3, 2]
+    assert card["counts"]["test_per_class"] == [2, 2, 2]
+    assert card["skipped"] == {"images": 3, "masks": 1, "first": [
+        f"{root / 'train/extra'}: a symlink to {outside / 'train/hstripes'}, outside data.root; not walked (copy "
+        "the folder into data.root)",
+        f"{root / 'test/extra'}: a symlink to {outside / 'train/vstripes'}, outside data.root; not walked (copy "
+        "the folder into data.root)",
+        f"{root / 'masks/train/hstripes/img_00.png'}: a symlink to {outside / 'train/hstripes/img_01.png'}, "
+        "outside data.root; not read, image kept without a mask",
+        f"{root / 'train/solid/out.png'}: a symlink to {outside / 'train/solid/img_00.png'}, outside data.root; "
+        "not read (copy the file into data.root)"]}
+    assert card["mask_counts"] == {"train": 2, "test": 3}
 
 
 def test_masks_param_only_for_folder():
