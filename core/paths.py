@@ -2,11 +2,14 @@
 (tests/test_architecture.py checks that each of its data paths is one of these)."""
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
 DATA = Path("data/prepared")
+PARAMS_CHECK = Path("data/params_check.json")  # check_params: the same bytes for every valid params.yaml
 METRICS = Path("metrics")
 CURVES = METRICS / "curves"
 REPORTS = Path("reports")
@@ -20,12 +23,26 @@ SIGMA = Path("data/sigma")  # estimate_sigma@<role>: sigma maps at every kept ch
 MODEL_FILE = "model.pt"  # the final weights and the meta load_model rebuilds the network from
 CHECKPOINT_DIR = "checkpoints"  # kept epochs, epoch_XXX.pt
 LAST_FILE = "last.pt"  # resumable state of a running training (work directory only)
+PREVIOUS_FILE = "previous.pt"  # the state one epoch before last.pt: the fallback if last.pt is unreadable
 WEIGHT_DISTANCE_FILE = "weight_distance.json"
 STAGE1_FILE = "stage1.pt"  # a learned-structure student (ltb) after stage 1: the soft-routed net
 ROUTING_FILE = "routing.json"  # its routing explanation (explain/routing.py)
 STRUCTURE_CURVES_FILE = "structure_curves.json"  # stage 1's epoch records
 SIGMA_FILE = "sigma.npz"
 _KEPT = re.compile(r"epoch_(\d{3,})\.pt")
+
+
+def project_root() -> Path:
+    """The project (DVC sets ``$DVC_ROOT`` to the parent repo, also in ``--temp``/``--queue`` runs)."""
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def work_path(stage: str, key: str) -> Path:
+    """The resumable work directory of (stage, run key): outside the stage's outputs, which DVC deletes
+    before running it, under ``.dvc/tmp/kdlens/`` (git-ignored by DVC); core/stage.work_dir claims it."""
+    root = project_root()
+    base = root / ".dvc" / "tmp" / "kdlens" if (root / ".dvc").is_dir() else Path(tempfile.gettempdir()) / "kdlens"
+    return base / f"{stage.replace('@', '-')}-{key}"
 
 
 def role_dir(role: str) -> Path:

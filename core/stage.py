@@ -11,7 +11,7 @@ from typing import IO, Callable, Iterator
 
 from .distributed import world
 from .errors import KdlensError
-from .tracking import project_root
+from .paths import work_path
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -47,9 +47,7 @@ def work_dir(stage: str, key: str) -> Iterator[Path]:
 
 def _claim(stage: str, key: str) -> tuple[IO | None, Path]:
     """The locked work directory of (stage, key), or a private one if another process holds it."""
-    root = project_root()
-    base = root / ".dvc" / "tmp" / "kdlens" if (root / ".dvc").is_dir() else Path(tempfile.gettempdir()) / "kdlens"
-    path = base / f"{stage.replace('@', '-')}-{key}"
+    path = work_path(stage, key)
     path.mkdir(parents=True, exist_ok=True)
     lock = open(path / ".lock", "w")
     try:

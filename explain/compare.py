@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.paths import REPORTS
-from core.tracking import StageRun, tracking_uri
+from core.schema import params_hash
+from core.tracking import StageRun, display_uri, probe_server, tracking_uri
 
 STAGES = ("train_baseline", "distill")
 LEVELS = ("level1", "level2", "level3")
@@ -147,10 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiment", default="kdlens-scenes")
     ap.add_argument("--out", type=Path, default=REPORTS / "compare.md")
     args = ap.parse_args(argv)
-    client = mlflow.MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    why = probe_server(uri) if uri.startswith(("http://", "https://")) else None
+    if why is not None:  # MLflow would retry an unreachable server for minutes
+        print(f"error: MLflow tracking server {display_uri(uri)} is unreachable ({why})", file=sys.stderr)
+        return 2
+    client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name(args.experiment)
     if exp is None:
-        print(f"error: no MLflow experiment {args.experiment!r} at {tracking_uri()}; run `dvc repro` first",
+        print(f"error: no MLflow experiment {args.experiment!r} at {display_uri(uri)}; run `dvc repro` first",
               file=sys.stderr)
         return 2
     runs = [r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
@@ -169,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(arms, args.experiment)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    with StageRun("compare", args.experiment.removeprefix("kdlens-"), {"arms": len(arms)}, "compare") as run:
+    arm_runs = sorted(arm.run_id for arm in arms)
+    with StageRun("compare", args.experiment.removeprefix("kdlens-"), {"arms": len(arms)},
+                  params_hash({"runs": arm_runs})) as run:
         run.log_artifact(args.out)
     print(text)
     return 0

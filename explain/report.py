@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.tracking import display_uri
+
 from .knowledge import center_box, compare, downsample_masks, wd_at_epochs
 from .weight_distance import WeightDistance
 
@@ -55,7 +57,8 @@ def markdown(report: dict, tracking_uri: str, experiment_id: str | None) -> str:
             f"{r['best_test_top1']:.2f} | {r['params']:,} | {r['method_extra_params']:,} | "
             f"{r['images_per_s']:.0f} | `{r['mlflow_run_id'] or 'not tracked'}` |")
     lines += ["", "![training curves](figures/curves.png)", "",
-              f"MLflow: `{tracking_uri}`" + (f", experiment id {experiment_id}" if experiment_id else "") +
+              # reports/report.md is git-tracked: never a password or token of the tracking URI in it
+              f"MLflow: `{display_uri(tracking_uri)}`" + (f", experiment id {experiment_id}" if experiment_id else "") +
               " — open it with `make ui`.", ""]
     return "\n".join(lines)
 
