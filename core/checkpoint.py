@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import KdlensError
+from .errors import KdlensError, first_sentence
 
 
 def save(path: str | Path, state: dict) -> None:
@@ -28,8 +28,7 @@ def load(path: str | Path, map_location="cpu", required: tuple[str, ...] = ()) -
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise KdlensError(f"{path}: corrupt or not a kdlens checkpoint ({first[:160]}); "
+        raise KdlensError(f"{path}: corrupt or not a kdlens checkpoint ({first_sentence(e)}); "
                           "delete it and re-run the stage that writes it") from None
     if not isinstance(state, dict) or any(k not in state for k in required):
         raise KdlensError(f"{path}: not a kdlens checkpoint (expected keys {list(required)}); "

@@ -11,14 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import KdlensError
 
 M = TypeVar("M", bound=BaseModel)
+# Every seed: numpy's legacy generators take [0, 2**32) and faiss a C int, so the common range is 31 bits.
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class Section(BaseModel):

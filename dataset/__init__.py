@@ -12,6 +12,7 @@ from core.errors import KdlensError
 from dataset.params import DataParams
 from .cifar import load_cifar
 from .folder import build_folder
+from .scenes import CLASSES as SCENES_CLASSES
 from .scenes import build_scenes
 from .store import Prepared, Split, load_prepared, save_prepared
 
@@ -25,6 +26,16 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
+def expected_shape(p: DataParams) -> tuple[int | None, int]:
+    """(classes, image side) that ``prepare`` will give, known from the params alone; classes is None for
+    a folder, whose class folders decide."""
+    if p.name == "scenes":
+        return len(SCENES_CLASSES), p.scenes.image_size
+    if p.name in ("cifar10", "cifar100"):
+        return int(p.name.removeprefix("cifar")), 32
+    return None, p.image_size
+
+
 def prepare(p: DataParams, out_dir: str | Path) -> dict:
     """Build the dataset ``p.name`` and write it to ``out_dir``; returns its card."""
     builder = BUILDERS.get(p.name)
@@ -34,4 +45,4 @@ def prepare(p: DataParams, out_dir: str | Path) -> dict:
     return save_prepared(out_dir, train, test, classes, {**info, "name": p.name})
 
 
-__all__ = ["BUILDERS", "Prepared", "Split", "load_prepared", "prepare", "save_prepared"]
+__all__ = ["BUILDERS", "Prepared", "Split", "expected_shape", "load_prepared", "prepare", "save_prepared"]

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from core.schema import Section
+from core.schema import Section, Seed
 
 
 class ScenesParams(Section):
@@ -19,7 +19,7 @@ class ScenesParams(Section):
     fragments: int = Field(4, ge=0, le=32)
     noise: float = Field(0.08, ge=0.0, le=1.0)
     test_fraction: float = Field(0.3, gt=0.0, lt=1.0)
-    seed: int = Field(0, ge=0)  # numpy seeds must be non-negative
+    seed: Seed = 0
 
     @field_validator("digit_size")
     @classmethod
@@ -36,6 +36,13 @@ class DataParams(Section):
     download: bool = False
     image_size: int = Field(32, ge=8, le=512)  # folder: side every image is resized to
     masks: str | None = None  # folder: a PNG tree or a CSV of boxes, inside root (dataset/folder.py)
+    # folder: the most pixels one image or mask may decode to (a JPEG's after its reduced-scale draft);
+    # larger files are skipped unread. A small PNG can inflate to gigabytes, up to 8 decode at once, and
+    # each is squashed to image_size anyway; 64 MP passes camera photos up to 61 MP (24 MP is common),
+    # and larger JPEGs pass too since they decode at a reduced scale.
+    # At least 1 MP, so ordinary photos always pass; at most what Pillow itself opens (2 x its
+    # Image.MAX_IMAGE_PIXELS, ~179 MP), as a higher cap could never take effect.
+    max_pixels: int = Field(64_000_000, ge=1_000_000, le=178_000_000)
     scenes: ScenesParams = ScenesParams()
 
     @model_validator(mode="after")

@@ -62,6 +62,11 @@ class Prepared:
     def num_classes(self) -> int:
         return len(self.card["classes"])
 
+    @property
+    def input_size(self) -> int:
+        """The side of every (square) image."""
+        return self.train.images.shape[-1]
+
 
 def _arrays(split: Split) -> dict[str, np.ndarray]:
     out = {"images": split.images, "labels": split.labels.astype(np.int64)}

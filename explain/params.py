@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.schema import Section
+from core.schema import Section, Seed
 
 HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)  # 1.4189385...
 
@@ -56,7 +56,7 @@ class SigmaParams(Section):
     max_samples: int | None = Field(128, ge=1)
     # what stage estimate_sigma analyses
     n_images: int = Field(16, ge=1)  # test images, those with a foreground mask first (select_images)
-    seed: int = Field(0, ge=0)  # same noise for every checkpoint and model (common random numbers)
+    seed: Seed = 0  # same noise for every checkpoint and model (common random numbers)
     tap: Literal["stem", "stages", "preact", "pooled", "logits"] = "stages"
     index: int = -1  # which of Features.stages/preact
     mask_mode: Literal["any", "center", "nearest"] = "any"

@@ -29,7 +29,7 @@ def main() -> None:
     with StageRun.keyed("cache_teacher", data.card["name"], params, inputs) as run, atomic_dir(TEACHER_CACHE) as out:
         card = {"enabled": False}
         if cfg.enabled:
-            teacher = frozen_teacher(load_model(teacher_path, dev), data.train.images.shape[-1],
+            teacher = frozen_teacher(load_model(teacher_path, dev), data.input_size,
                                      p.trainer.compile_teacher)
             loader = loaders(data, train, p.seed, dev)[0]
             card = build_cache(teacher, loader, train.epochs, out, cfg.dtype, cfg.top_k, inputs)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ConfigDict, create_model
 
-from core.schema import Section, read_yaml, validate
+from core.schema import Section, Seed, read_yaml, validate
 from dataset.params import DataParams
 from explain.params import KnowledgeParams, SigmaParams
 from methods import MethodName, MethodParams
@@ -32,7 +32,7 @@ MethodSections = create_model("MethodSections", __config__=ConfigDict(extra="for
 
 
 class Params(Section):
-    seed: int = 0  # the students' seed (baseline and distilled); the teacher has its own
+    seed: Seed = 0  # the students' seed (baseline and distilled); the teacher has its own
     method: MethodName = "kd"
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()

@@ -147,9 +147,15 @@ def _cases():
                 yield pytest.param(body, item, m, stage.get("foreach", {}), id=label)
 
 
+EVERY_METHOD = {"stages/check_params.py"}  # validates every method's section: imports every method module
+
+
 def reached_by(body: dict, item: str | None, method: str | None) -> set[str]:
-    """What the stage runs: its entry module's closure and, if it names the method, that method's."""
+    """What the stage runs: its entry module's closure and, if it names the method, that method's (every
+    method's for a stage that validates them all)."""
     reached = set(closure(_entry(body)))
+    if _entry(body) in EVERY_METHOD:
+        reached |= {f for m in _method_names() for f in closure(f"methods/{m}.py")}
     if method is not None and (item is None or item == "student"):  # load_model may rebuild its method parts
         reached |= closure(f"methods/{method}.py")
     return reached

@@ -115,6 +115,47 @@ def test_killed_run_resumes_from_last_checkpoint_and_matches(tmp_path):
     assert all(torch.equal(saved["model"][k], v) for k, v in model.state_dict().items())
 
 
+def test_unreadable_resume_state_falls_back_to_the_previous_epoch_then_starts_over(tmp_path, capsys):
+    _, full = _fit(tmp_path / "full")
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(record):
+        if record["epoch"] == 2:
+            raise Killed
+
+    for broken, resumed_from in ((["last.pt"], 1), (["last.pt", "previous.pt"], 0)):
+        run = tmp_path / f"run{resumed_from}"
+        with pytest.raises(Killed):
+            _fit(run, on_epoch=kill_after_2)
+        for name in broken:
+            (run / name).write_bytes(b"overwritten by hand")
+        capsys.readouterr()
+        _, resumed = _fit(run)
+        err = capsys.readouterr().err
+        assert resumed.resumed_from == resumed_from
+        assert _comparable(resumed.history) == _comparable(full.history)  # the same training either way
+        assert f"{run / 'last.pt'}: corrupt or not a kdlens checkpoint (Weights only load failed.); passing over it" in err
+        assert "Traceback" not in err
+        if resumed_from == 1:
+            assert f"resuming from {run / 'previous.pt'} after epoch 1" in err
+        else:
+            assert "no readable resume state" in err and "training starts over" in err
+
+
+def test_a_non_finite_loss_stops_with_one_line_and_its_hint(tmp_path):
+    torch.manual_seed(0)
+    model = TinyNet()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("nan"))  # as a diverged training leaves it
+    ctx = methods.MethodContext(student=model, teacher=None, num_classes=3, num_train=48)
+    method = methods.create("ce", methods.params_class("ce")(), ctx)
+    train, test = _loaders()
+    with pytest.raises(KdlensError, match=r"loss is nan at step 0; lower the learning rate or the method's weights"):
+        fit(model, method, TrainParams(epochs=1, batch_size=16), train, test, seed=0, work_dir=tmp_path)
+
+
 def test_corrupt_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "last.pt"
     checkpoint.save(path, {"a": torch.zeros(3)})

@@ -6,6 +6,7 @@ from conftest import ROOT, tiny_params
 from core.errors import KdlensError
 from core.schema import flatten, params_hash
 from stages.params import Params, load_params, parse_params
+from training.fitter import check_pair
 
 
 def test_project_params_validate():
@@ -24,6 +25,10 @@ def test_project_params_validate():
     (lambda p: p["methods"].update(foo={}), "methods.foo: unknown key"),
     (lambda p: p["student"]["train"].update(keep_epochs=[99]), "keep_epochs"),
     (lambda p: p["student"].pop("train") and p["student"].update(train="x"), "student.train"),
+    (lambda p: p.update(seed=-1), "seed: Input should be greater than or equal to 0"),
+    (lambda p: p["teacher"].update(seed=2**40), "teacher.seed: Input should be less than or equal to 2147483647"),
+    (lambda p: p["sigma"].update(seed=-5), "sigma.seed: Input should be greater than or equal to 0"),
+    (lambda p: p.update(sed=5), "sed: unknown key"),
 ])
 def test_bad_params_give_one_line_naming_the_key(patch, expected):
     raw = tiny_params()
@@ -87,3 +92,12 @@ def test_params_yaml_differs_from_the_schema_only_where_it_says_why():
         if value != default and "#" not in lines[line]:
             silent.append(f"{key}: params.yaml {value!r}, schema {default!r}")
     assert not silent, "\n".join(silent)
+
+
+def test_the_method_is_checked_against_the_pair_from_the_params_alone():
+    """What stage check_params runs before any work: kdsvd cannot pair unequal channel counts."""
+    kdsvd = methods.params_class("kdsvd")()
+    with pytest.raises(KdlensError, match=r"method 'kdsvd' with student CifarResNet: kdsvd aligns .* equal channel"):
+        check_pair("kdsvd", kdsvd, "resnet8", "resnet8x4", 10, 32, None)
+    check_pair("kdsvd", kdsvd, "resnet8x4", "resnet32x4", 10, 32, None)  # equal channels: served
+    check_pair("letkd2", methods.params_class("letkd2")(), "resnet8", "resnet8x4", 10, 32, None)  # at distill

@@ -6,6 +6,7 @@ JSON), that a second `dvc repro` does nothing, that `dvc exp run -S method=ce` r
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,18 @@ def test_bad_params_stop_the_stage_with_one_line_and_keep_outputs(repo):
     assert lines == [lines[0]] and lines[0].startswith("error: params.yaml: method: unknown method 'nope'")
     assert (repo / "data/student/model.pt").read_bytes() == model
     _run(repo, "git", "checkout", "params.yaml")
+    # a method that cannot serve the pair is refused by the first stage, before the teacher trains
+    p.update(method="kdsvd", teacher={**p["teacher"], "arch": "resnet8x4"})
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    out = _run(repo, sys.executable, "-m", "stages.check_params", check=False)
+    assert out.returncode == 2 and "error: method 'kdsvd' with student CifarResNet: kdsvd " in out.stderr
+    assert "Traceback" not in out.stderr
+    _run(repo, "git", "checkout", "params.yaml")
+    # through DVC, kdlens's line comes before DVC looks for methods/nope.py
+    out = _run(repo, "dvc", "exp", "run", "-S", "method=nope", check=False)
+    assert out.returncode != 0 and "error: params.yaml: method: unknown method 'nope'; choose one of: " in out.stderr
+    assert "No such file" not in out.stderr + out.stdout
+    _run(repo, "git", "checkout", "params.yaml")
 
 
 def test_killed_stage_resumes_where_it_stopped(repo):
@@ -241,21 +254,34 @@ SWEEP = ("at", "dkd", "sp", "pkt")  # methods no earlier test ran, so every expe
 PER_EXPERIMENT = ["distill", "estimate_sigma@student", "report"]  # what a change of method re-runs
 
 
-def test_unselected_method_params_rerun_nothing(repo):
+def test_params_typos_stop_the_run_and_unread_edits_rerun_only_the_check(repo):
+    """check_params reads the whole params.yaml: an edit no other stage reads (an unselected method's
+    section) re-runs the check alone; a misspelt key anywhere stops `dvc repro` in one line."""
     _restore_committed_state(repo)
     p = yaml.safe_load((repo / "params.yaml").read_text())
     assert p["method"] == "kd"
     p["methods"]["dkd"]["beta"] = 2.0
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
-    _run(repo, "git", "checkout", "params.yaml")
+    assert set(json.loads(_run(repo, "dvc", "status", "--json").stdout)) == {"check_params"}
+    assert re.findall(r"Running stage '([^']+)'", _run(repo, "dvc", "repro").stdout) == ["check_params"]
+    model = (repo / "data/student/model.pt").read_bytes()
+    for key, section in (("sed", p), ("betta", p["methods"]["dkd"])):  # top level; an unselected method
+        section[key] = 5
+        (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+        out = _run(repo, "dvc", "repro", check=False)
+        name = key if section is p else f"methods.dkd.{key}"
+        assert out.returncode != 0 and f"error: params.yaml: {name}: unknown key" in out.stderr, out.stderr
+        assert re.findall(r"Running stage '([^']+)'", out.stdout) == ["check_params"]
+        del section[key]
+    assert (repo / "data/student/model.pt").read_bytes() == model
+    _restore_committed_state(repo)
 
 
 def test_code_edits_rerun_exactly_the_stages_that_run_that_code(repo):
     """Each stage depends on the code it imports (tests/test_architecture.py): editing an unselected
     method re-runs nothing, and editing the sigma estimator re-runs no training."""
     _restore_committed_state(repo)
-    for path, expected in (("methods/rkd.py", set()),
+    for path, expected in (("methods/rkd.py", {"check_params"}),  # it validates every method's section
                            ("explain/sigma.py", {"estimate_sigma@baseline", "estimate_sigma@student"})):
         with open(repo / path, "a") as f:
             f.write("\n# an edit\n")

@@ -19,26 +19,40 @@ from .params import TrainParams
 from .trainer import FitResult, fit
 
 
-def new_student(arch: str, data: Prepared, seed: int, vam: VamParams | None, dev: torch.device):
+def new_student(arch: str, num_classes: int, input_size: int, seed: int, vam: VamParams | None,
+                dev: torch.device):
     torch.manual_seed(seed)  # same seed + arch => the baseline and every student start alike
-    student = models.create(arch, data.num_classes)
+    student = models.create(arch, num_classes)
     if vam is not None and vam.enabled:
         try:
-            attach_vam(student, vam.stages, vam.groups, vam.init_gain, vam.entropy_weight,
-                       input_size=data.train.images.shape[-1])
+            attach_vam(student, vam.stages, vam.groups, vam.init_gain, vam.entropy_weight, input_size=input_size)
         except ValueError as e:
             raise KdlensError(f"params.yaml: vam: {e}") from None
     return student.to(dev)
 
 
-def build_method(name: str, params: methods.MethodParams, student, teacher, data: Prepared, supervision=None):
-    ctx = methods.MethodContext(student=student, teacher=teacher, num_classes=data.num_classes,
-                                num_train=len(data.train.labels), input_size=data.train.images.shape[-1],
-                                train_labels=torch.from_numpy(data.train.labels), supervision=supervision)
+def build_method(name: str, params: methods.MethodParams, ctx: methods.MethodContext) -> methods.Method:
     try:
         return methods.create(name, params, ctx)
     except methods.MethodNotApplicable as e:
-        raise KdlensError(f"method {name!r} with student {type(student).__name__}: {e}") from None
+        raise KdlensError(f"method {name!r} with student {type(ctx.student).__name__}: {e}") from None
+
+
+def check_pair(name: str, params: methods.MethodParams, student_arch: str, teacher_arch: str,
+               num_classes: int, input_size: int, vam: VamParams | None) -> None:
+    """Whether method ``name`` can serve this student and teacher, known from the params alone: the method
+    is built, as distill builds it, on freshly initialised networks and a stand-in training set of two
+    images per class. A method that reads the teacher-derived supervision (letKD) is checked where that
+    supervision exists, at distill."""
+    if methods.get(name).needs_supervision:
+        return
+    cpu = torch.device("cpu")
+    student = new_student(student_arch, num_classes, input_size, 0, vam, cpu)
+    teacher = models.create(teacher_arch, num_classes) if methods.get(name).needs_teacher else None
+    labels = torch.arange(2 * num_classes) % num_classes
+    build_method(name, params, methods.MethodContext(student=student, teacher=teacher, num_classes=num_classes,
+                                                     num_train=len(labels), input_size=input_size,
+                                                     train_labels=labels))
 
 
 def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> tuple[Loader, Loader]:
@@ -68,7 +82,11 @@ class Fitter:
 
     def __call__(self, net, method_name: str, method_params, cfg: TrainParams, work: Path, on_epoch=None,
                  teacher_outputs=None) -> tuple[methods.Method, FitResult]:
-        method = build_method(method_name, method_params, net, self.teacher, self.data, self.supervision).to(self.dev)
+        data = self.data
+        ctx = methods.MethodContext(student=net, teacher=self.teacher, num_classes=data.num_classes,
+                                    num_train=len(data.train.labels), input_size=data.input_size,
+                                    train_labels=torch.from_numpy(data.train.labels), supervision=self.supervision)
+        method = build_method(method_name, method_params, ctx).to(self.dev)
         if self.sync_bn:
             distributed.use_sync_batchnorm(net, method)
         train = loaders(self.data, cfg, self.seed, self.dev)[0] if cfg.batch_size != self.cfg.batch_size else self.train
@@ -80,4 +98,4 @@ class Fitter:
         return method, result
 
     def new_student(self, arch: str, vam: VamParams | None) -> torch.nn.Module:
-        return new_student(arch, self.data, self.seed, vam, self.dev)
+        return new_student(arch, self.data.num_classes, self.data.input_size, self.seed, vam, self.dev)

@@ -87,9 +87,9 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
     ``sync_bn``: across processes, the student's and the method's BatchNorms become SyncBatchNorm.
     """
     dev = device()
-    student = new_student(arch, data, seed, vam, dev)
+    student = new_student(arch, data.num_classes, data.input_size, seed, vam, dev)
     train, test = loaders(data, cfg, seed, dev)
-    fast = frozen_teacher(teacher, data.train.images.shape[-1], compile_teacher) if teacher is not None else None
+    fast = frozen_teacher(teacher, data.input_size, compile_teacher) if teacher is not None else None
     cached, source = None, "none"
     if fast is not None:
         source = "live"

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from core.schema import Section
+from core.schema import Section, Seed
 from models.registry import ArchName
 
 
@@ -46,7 +46,7 @@ class TrainParams(Section):
 
 class TeacherParams(Section):
     arch: ArchName = "resnet20"
-    seed: int = 0
+    seed: Seed = 0
     train: TrainParams = TrainParams()
 
 

@@ -10,6 +10,7 @@ on its share of every batch and every recorded number is reduced over the ranks 
 from __future__ import annotations
 
 import json
+import os
 import math
 import sys
 import time
@@ -27,7 +28,7 @@ from core.distributed import ONE, World, mean_over_ranks, replicate, world as cu
 from core.errors import KdlensError
 from dataset.loader import Loader, epoch_generator
 from training.params import TrainParams
-from core.paths import LAST_FILE, kept_checkpoints, kept_name
+from core.paths import LAST_FILE, PREVIOUS_FILE, kept_checkpoints, kept_name
 from explain.weight_distance import WeightDistance
 
 LINEAR_DECAY = 1 / 1.03093  # KDExplainer's "linear" schedule ends at ~3% of the base lr
@@ -167,8 +168,8 @@ def _train_epoch(forward, optimizer, scaler, train: Loader, epoch: int, lr_of_st
             logits, terms = forward(x, y, idx, epoch)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {step}; "
-                                     "lower the learning rate or the method's weights")
+            raise KdlensError(f"[{desc}] loss is {loss.item()} at step {step}; "
+                              "lower the learning rate or the method's weights")
         if step == 0:
             grad_norms = term_grad_norms(terms, grad_params, world)
         optimizer.zero_grad(set_to_none=True)
@@ -236,6 +237,29 @@ def _run_phases(method, student, teacher_fn, train: Loader, seed: int, name: str
     return out
 
 
+RESUME_KEYS = ("student", "method", "optimizer", "epoch", "weight_distance")
+
+
+def _resume_state(work_dir: Path, device: torch.device, name: str, main: bool) -> dict | None:
+    """The newest readable resume state of ``work_dir`` (last.pt, else previous.pt), or None to start
+    over; an unreadable one is reported in one line and passed over, never a reason to stop the stage."""
+    for path in (work_dir / LAST_FILE, work_dir / PREVIOUS_FILE):
+        if not path.exists():
+            continue
+        try:
+            state = checkpoint.load(path, map_location=device, required=RESUME_KEYS)
+        except KdlensError as e:
+            if main:
+                print(f"[{name}] warning: {str(e).split('; delete it')[0]}; passing over it", file=sys.stderr)
+            continue
+        if main:
+            print(f"[{name}] resuming from {path} after epoch {state['epoch']}", file=sys.stderr)
+        return state
+    if main and (work_dir / LAST_FILE).exists():
+        print(f"[{name}] no readable resume state in {work_dir}: training starts over", file=sys.stderr)
+    return None
+
+
 def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, train: Loader, test: Loader, *,
         seed: int, work_dir: str | Path, teacher: torch.nn.Module | None = None, name: str = "train",
         on_epoch: Callable[[dict], None] | None = None,
@@ -273,18 +297,14 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     result = FitResult()
     start_epoch = 1
     last = work_dir / LAST_FILE
-    state = None
-    if last.exists():
-        state = checkpoint.load(last, map_location=device,
-                                required=("student", "method", "optimizer", "epoch", "weight_distance"))
+    state = _resume_state(work_dir, device, name, world.main)
+    if state is not None:
         student.load_state_dict(state["student"])
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         result.history = json.loads(state["history"])
         start_epoch = state["epoch"] + 1
         result.resumed_from = state["epoch"]
-        if world.main:
-            print(f"[{name}] resuming from {last} after epoch {state['epoch']}", file=sys.stderr)
     if world.broadcast(start_epoch) != start_epoch:
         raise KdlensError(f"{last}: rank {world.rank} does not see rank 0's checkpoint (resuming on several "
                           "nodes needs a work directory they share)")
@@ -323,6 +343,8 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
               f"({record['images_per_s']:.0f} img/s)", file=sys.stderr, flush=True)
         if epoch in cfg.keep_epochs:
             result.kept[epoch] = _keep(work_dir, student, method, epoch)
+        if last.exists():  # the previous state stays readable while the new one is written
+            os.replace(last, work_dir / PREVIOUS_FILE)
         checkpoint.save(last, {"student": student.state_dict(), "method": method.state_dict(),
                                "optimizer": optimizer.state_dict(), "epoch": epoch,
                                "history": json.dumps(result.history), "weight_distance": distance.state_dict()})

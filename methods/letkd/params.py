@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from core.schema import Section
+from core.schema import Section, Seed
 
 
 class SupervisionParams(Section):
@@ -18,7 +18,7 @@ class SupervisionParams(Section):
     iterations: int = Field(20, ge=1)  # k-means iterations (penultimate and per-class sub-classes)
     n_init: int = Field(1, ge=1)  # k-means restarts, best kept
     init: Literal["afkmc2", "kmeans++", "random"] = "afkmc2"  # k-means seeding (upstream: random)
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     inter_stage: int = -2  # index into the teacher's (and student's) Features.stages; not the last
     lda_dim: int = Field(60, ge=1)  # LDA components (<= min(channels, classes - 1))
     subclasses: int = Field(8, ge=1)  # k-means sub-classes per class

@@ -249,7 +249,7 @@ def build_supervision(teacher: torch.nn.Module, data: Prepared, cfg, dev: torch.
 
     ``cfg`` is the ``supervision`` params section (methods.letkd.params.SupervisionParams).
     """
-    n = len(feature_shapes(teacher, data.train.images.shape[-1])["stages"])
+    n = len(feature_shapes(teacher, data.input_size)["stages"])
     if not -n <= cfg.inter_stage < n or cfg.inter_stage % n == n - 1:
         raise KdlensError(f"supervision.inter_stage: {cfg.inter_stage} is not an intermediate stage of the "
                           f"teacher (it has {n} stages; use -{n}..-2 or 0..{n - 2})")
