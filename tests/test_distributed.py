@@ -170,8 +170,12 @@ def test_two_processes_match_one_process_and_resume(repo, mlflow_store):
     assert not list((repo / ".dvc/tmp/kdlens").iterdir()), "rank 0 removes the work dir after success"
 
     runs = mlflow_store.search_runs([mlflow_store.get_experiment_by_name("kdlens-scenes").experiment_id])
-    assert len(runs) == 3  # one per stage run (the killed one included), not one per rank
+    assert len(runs) == 2  # one per stage (the killed run continued by its re-run), not one per rank
     run = mlflow_store.get_run(two["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.params["trainer.nproc"] == "2"
+    assert run.info.status == "FINISHED" and run.data.tags["kdlens.resumed"] == "1"
+    assert run.data.params["trainer.nproc"] == "2"
     steps = [m.step for m in mlflow_store.get_metric_history(run.info.run_id, "test/top1")]
-    assert steps == list(range(two["resumed_from_epoch"] + 1, EPOCHS + 1))
+    # The killed attempt's epochs, then the resumed ones: one curve (the kill may fall between an epoch's
+    # checkpoint and its logging, so the last epoch before it may be missing).
+    resumed = list(range(two["resumed_from_epoch"] + 1, EPOCHS + 1))
+    assert steps[-len(resumed):] == resumed and set(steps) <= set(range(1, EPOCHS + 1))

@@ -196,7 +196,10 @@ def test_killed_stage_resumes_where_it_stopped(repo):
 
 
 def _restore_committed_state(repo):
-    # HEAD, not the index: DVC's autostage has staged the dvc.lock of whatever ran last.
+    # HEAD, not the index: DVC's autostage has staged the dvc.lock of whatever ran last. And an index
+    # rebuilt from scratch: after a failed workspace `dvc exp run` (DVC 3.67), the index's stat data
+    # can match a file the experiment rewrote, and `git reset --hard` then leaves that file as it is.
+    (repo / ".git" / "index").unlink(missing_ok=True)
     _run(repo, "git", "reset", "-q", "--hard")
     _run(repo, "dvc", "checkout", "--force")
     assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
@@ -303,7 +306,7 @@ def test_teacher_compile_switch_reruns_only_the_stages_that_run_the_teacher(repo
     p["trainer"]["compile_teacher"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     changed = json.loads(_run(repo, "dvc", "status", "--json").stdout)
-    assert set(changed) == {"cache_teacher", "distill"}, changed
+    assert set(changed) == {"check_params", "cache_teacher", "distill"}, changed  # (any edit re-runs the check)
     _run(repo, "dvc", "repro", "cache_teacher")
     compiled = np.load(repo / "data/teacher_cache/logits.npy")
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4 * np.abs(eager).max())
