@@ -33,7 +33,18 @@ def summarise(data: dict, results: dict[str, dict]) -> dict:
     out["teacher_test_top1"] = results["teacher"]["test_top1"]
     out["gain_over_baseline"] = results["student"]["test_top1"] - results["baseline"]["test_top1"]
     out["teacher_minus_baseline"] = results["teacher"]["test_top1"] - results["baseline"]["test_top1"]
+    # training/health.py's flags (a metrics file written before they existed has none)
+    out["health"] = {role: results[role].get("health", []) for role in ROLES}
     return out
+
+
+def health_lines(report: dict) -> list[str]:
+    """The training-health flags of every network, as the report's first section (none when healthy)."""
+    flagged = [(role, f) for role in ROLES for f in report.get("health", {}).get(role, [])]
+    if not flagged:
+        return []
+    return ["**Training health** (why a number may not mean what it seems):", "",
+            *[f"- {ROLE_TITLES[role]}: {f['message']}" for role, f in flagged], ""]
 
 
 def markdown(report: dict, tracking_uri: str, experiment_id: str | None) -> str:
@@ -46,6 +57,7 @@ def markdown(report: dict, tracking_uri: str, experiment_id: str | None) -> str:
         f"student {report['student_test_top1']:.2f}%). One run: judge a method's gain as mean ± std over "
         "seeds (see `bench/`).",
         "",
+        *health_lines(report),
         "| network | arch | method | test top-1 (last) | best top-1 | params | method extra params | images/s | MLflow run |",
         "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]

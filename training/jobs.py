@@ -7,6 +7,7 @@ It builds the networks and the method, trains with ``training.trainer.fit``, wri
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from models.vam import VamParams, vam_parameter_count
 
 from .params import StructureParams, TrainerParams, TrainParams
 from .fitter import Fitter, loaders, new_student
+from .health import health
 from .structure import learn_structure, write_structure
 from .teacher import Views, frozen_teacher, open_cache
 from .trainer import FitResult
@@ -172,6 +174,10 @@ def _train_job(job: TrainJob) -> dict:
                                     trained.stage1_state, trained.structure, meta, data, run) \
             if trained.structure is not None else {}
         best = max(history, key=lambda r: r["test/top1"])
+        flags = health(history, data.num_classes, f"methods.{job.method}")
+        for flag in flags:
+            print(f"[{job.stage}] health: {flag['message']}", file=sys.stderr)
+        run.set_tags({"kdlens.health": ",".join(sorted({f["kind"] for f in flags})) or "ok"})
         summary = {
             "stage": job.stage, "arch": job.arch, "method": job.method, "seed": job.seed,
             "dataset": card["name"], "epochs": cfg.epochs,
@@ -181,7 +187,7 @@ def _train_job(job: TrainJob) -> dict:
             "images_per_s": sum(r["images_per_s"] for r in history) / len(history),
             **{k.replace("/", "_"): v for k, v in counts.items()}, **structure,
             "kept_epochs": sorted(result.kept), "resumed_from_epoch": result.resumed_from,
-            "teacher_source": trained.teacher_source, "nproc": world.size,
+            "teacher_source": trained.teacher_source, "nproc": world.size, "health": flags,
             "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": run.key,
         }
         run.log_metrics({"final/test_top1": summary["test_top1"], "final/best_test_top1": summary["best_test_top1"],

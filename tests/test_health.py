@@ -1,0 +1,56 @@
+"""training/health.py on hand-built epoch records whose verdicts are known, and the report's health section."""
+from explain.report import ROLES, markdown, summarise
+from training.health import health
+
+
+def _records(n=10, top1=80.0, losses=None, **gradnorms):
+    """``n`` epochs; ``gradnorms``: term -> one norm per epoch (or one for all)."""
+    out = []
+    for e in range(1, n + 1):
+        r = {"epoch": e, "train/top1": top1, "train/loss": losses[e - 1] if losses else 1.0 / e}
+        for term, norms in gradnorms.items():
+            r[f"gradnorm/{term}"] = norms[e - 1] if isinstance(norms, list) else norms
+        out.append(r)
+    return out
+
+
+def test_a_healthy_training_has_no_flag():
+    assert health(_records(ce=1.0, kd=3.0), 10, "methods.kd") == []
+
+
+def test_a_term_far_above_the_labels_for_several_epochs_is_flagged_with_its_section():
+    rkd = [12.0, 11.0, 10.5, 13.0, 2.0, 2.0, 20.0, 20.0, 1.0, 1.0]  # epochs 1-4, then only 7-8 (too short)
+    flags = health(_records(ce=1.0, rkd=rkd), 10, "methods.rkd")
+    assert [(f["kind"], f["term"], f["epochs"]) for f in flags] == [("dominant_term", "rkd", [1, 4])]
+    assert "up to 13x the gradient of the labels' term in epochs 1-4" in flags[0]["message"]
+    assert "methods.rkd" in flags[0]["message"]
+
+
+def test_without_a_label_term_no_ratio_is_formed():
+    assert health(_records(kd=50.0), 10, "methods.kd") == []  # e.g. a pure soft-target loss
+
+
+def test_training_near_chance_after_the_first_epochs_is_flagged():
+    flags = health(_records(top1=13.0), 10, "methods.rkd")
+    assert [(f["kind"], f["epochs"]) for f in flags] == [("near_chance", [3, 10])]
+    assert "near chance (10.0% for 10 classes)" in flags[0]["message"]
+    assert health(_records(top1=16.0), 10, "methods.rkd") == []  # above 1.5x chance: learning
+
+
+def test_a_loss_that_rises_far_above_its_lowest_is_flagged():
+    flags = health(_records(n=5, losses=[2.0, 1.0, 0.5, 1.6, 0.4]), 10, "methods.kd")
+    assert [(f["kind"], f["epochs"]) for f in flags] == [("unstable_loss", [4, 4])]
+
+
+def test_the_report_opens_with_the_flags_and_says_nothing_when_healthy():
+    net = {"arch": "resnet8", "method": "rkd", "test_top1": 37.2, "best_test_top1": 40.0, "params_student": 1,
+           "params_method_extra": 0, "images_per_s": 1.0, "mlflow_run_id": None}
+    flag = health(_records(top1=12.0), 10, "methods.rkd")
+    results = {r: {**net, "health": flag if r == "student" else []} for r in ROLES}
+    report = summarise({"name": "scenes"}, results)
+    assert report["health"]["student"] == flag and report["health"]["baseline"] == []
+    text = markdown(report, "sqlite:////x/mlflow.db", None)
+    head = text.split("| network |")[0]
+    assert "**Training health**" in head and f"- distilled student: {flag[0]['message']}" in head
+    del results["student"]["health"]  # a metrics file from before the check: no section, no error
+    assert "Training health" not in markdown(summarise({"name": "scenes"}, results), "sqlite:////x/mlflow.db", None)

@@ -1,0 +1,83 @@
+"""Training health: what the trainer's epoch records (training/trainer.py) say of a training going wrong.
+
+Each flag is one line naming the epochs and the likely fix, written to the stage's ``metrics/<role>.json``
+(``health``), printed at the end of the stage and shown at the top of the report:
+
+* **dominant term**: a loss term sends more than ``DOMINANT_RATIO`` times the gradient of the task loss
+  (``gradnorm/<term>`` against ``gradnorm/ce``, the gradient norm each term alone sends into the student
+  on an epoch's first batch) for ``DOMINANT_EPOCHS`` epochs in a row. Hinton et al. (NIPS 2014
+  workshop, Sec. 2) scale the soft-target term so that it stays comparable to the hard-target one; a
+  term ten times larger decides the training alone, and the labels are drowned out.
+* **near chance**: the training top-1 is still at most ``CHANCE_FACTOR`` times chance (100 / classes)
+  from epoch ``CHANCE_FROM`` on: the network is not fitting its own training data.
+* **unstable loss**: an epoch's training loss more than ``RISE_FACTOR`` times the lowest one before it:
+  a diverging loss, the step before a non-finite one (which stops the training).
+"""
+from __future__ import annotations
+
+TASK_TERM = "ce"  # the term that carries the labels (methods.base.cross_entropy_term)
+DOMINANT_RATIO = 10.0
+DOMINANT_EPOCHS = 3
+CHANCE_FACTOR = 1.5
+CHANCE_FROM = 3
+RISE_FACTOR = 3.0
+
+
+def _runs(epochs: list[int]) -> list[tuple[int, int]]:
+    """Consecutive epochs as (first, last) stretches: [1, 2, 3, 7] -> [(1, 3), (7, 7)]."""
+    out: list[tuple[int, int]] = []
+    for e in epochs:
+        if out and e == out[-1][1] + 1:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((e, e))
+    return out
+
+
+def _span(first: int, last: int) -> str:
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"
+
+
+def dominant_terms(history: list[dict], section: str) -> list[dict]:
+    flags = []
+    terms = sorted({k.removeprefix("gradnorm/") for r in history for k in r if k.startswith("gradnorm/")})
+    for term in terms:
+        if term == TASK_TERM:
+            continue
+        ratios = {r["epoch"]: r[f"gradnorm/{term}"] / r[f"gradnorm/{TASK_TERM}"] for r in history
+                  if r.get(f"gradnorm/{TASK_TERM}", 0) > 0 and f"gradnorm/{term}" in r}
+        over = [e for e, ratio in ratios.items() if ratio > DOMINANT_RATIO]
+        for first, last in _runs(over):
+            if last - first + 1 >= DOMINANT_EPOCHS:
+                peak = max(ratios[e] for e in range(first, last + 1))
+                flags.append({"kind": "dominant_term", "term": term, "epochs": [first, last], "message":
+                              f"term {term!r} sends up to {peak:.0f}x the gradient of the labels' term in "
+                              f"{_span(first, last)}; lower its weight in {section} (or warm it up over more "
+                              "epochs)"})
+    return flags
+
+
+def near_chance(history: list[dict], num_classes: int) -> list[dict]:
+    chance = 100.0 / num_classes
+    low = [r["epoch"] for r in history if r["epoch"] >= CHANCE_FROM and r["train/top1"] <= CHANCE_FACTOR * chance]
+    return [{"kind": "near_chance", "epochs": [first, last], "message":
+             f"training top-1 stays near chance ({chance:.1f}% for {num_classes} classes) in {_span(first, last)}; "
+             "lower the learning rate or the method's loss weights, and check the labels"}
+            for first, last in _runs(low)]
+
+
+def unstable_loss(history: list[dict]) -> list[dict]:
+    risen, lowest = [], float("inf")
+    for r in history:
+        if r["train/loss"] > RISE_FACTOR * lowest:
+            risen.append(r["epoch"])
+        lowest = min(lowest, r["train/loss"])
+    return [{"kind": "unstable_loss", "epochs": [first, last], "message":
+             f"the training loss rose above {RISE_FACTOR:g}x its lowest value in {_span(first, last)}; "
+             "lower the learning rate"} for first, last in _runs(risen)]
+
+
+def health(history: list[dict], num_classes: int, section: str) -> list[dict]:
+    """Every flag of one training's epoch records (``section``: where its method's weights are set,
+    e.g. ``methods.rkd``); an empty list is a healthy training."""
+    return dominant_terms(history, section) + near_chance(history, num_classes) + unstable_loss(history)
