@@ -16,7 +16,7 @@ from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.base import Features
@@ -25,9 +25,11 @@ Output = tuple[torch.Tensor, Features]  # (logits, features) as every model retu
 
 
 class MethodParams(BaseModel):
-    """Base of every method's hyperparameter schema (``methods.<name>`` in params.yaml)."""
+    """Base of every method's hyperparameter schema (``methods.<name>`` in params.yaml). Every method
+    weights its cross-entropy on the labels by ``ce_weight`` (a method sets its own default)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    ce_weight: float = Field(1.0, ge=0)
 
 
 @dataclass

@@ -22,8 +22,15 @@ def test_a_term_far_above_the_labels_for_several_epochs_is_flagged_with_its_sect
     rkd = [12.0, 11.0, 10.5, 13.0, 2.0, 2.0, 20.0, 20.0, 1.0, 1.0]  # epochs 1-4, then only 7-8 (too short)
     flags = health(_records(ce=1.0, rkd=rkd), 10, "methods.rkd")
     assert [(f["kind"], f["term"], f["epochs"]) for f in flags] == [("dominant_term", "rkd", [1, 4])]
-    assert "up to 13x the gradient of the labels' term in epochs 1-4" in flags[0]["message"]
+    assert "up to 13x the gradient of the labels' cross-entropy (at weight 1) in epochs 1-4" in flags[0]["message"]
     assert "methods.rkd" in flags[0]["message"]
+
+
+def test_a_method_that_down_weights_the_labels_is_judged_against_them_at_weight_one():
+    """kd's default (ce_weight 0.1): its term at 55x the *weighted* CE is 5.5x the labels' own pull."""
+    assert health(_records(ce=1.0, kd=55.0), 10, "methods.kd", ce_weight=0.1) == []
+    flags = health(_records(ce=1.0, kd=150.0), 10, "methods.kd", ce_weight=0.1)
+    assert [f["epochs"] for f in flags] == [[1, 10]] and "up to 15x" in flags[0]["message"]
 
 
 def test_without_a_label_term_no_ratio_is_formed():

@@ -3,11 +3,13 @@
 Each flag is one line naming the epochs and the likely fix, written to the stage's ``metrics/<role>.json``
 (``health``), printed at the end of the stage and shown at the top of the report:
 
-* **dominant term**: a loss term sends more than ``DOMINANT_RATIO`` times the gradient of the task loss
-  (``gradnorm/<term>`` against ``gradnorm/ce``, the gradient norm each term alone sends into the student
-  on an epoch's first batch) for ``DOMINANT_EPOCHS`` epochs in a row. Hinton et al. (NIPS 2014
-  workshop, Sec. 2) scale the soft-target term so that it stays comparable to the hard-target one; a
-  term ten times larger decides the training alone, and the labels are drowned out.
+* **dominant term**: a loss term sends more than ``DOMINANT_RATIO`` times the gradient the labels'
+  cross-entropy sends at weight 1 (``gradnorm/<term>`` against ``gradnorm/ce`` / ``ce_weight``, the
+  gradient norm each term alone sends into the student on an epoch's first batch) for
+  ``DOMINANT_EPOCHS`` epochs in a row. Hinton et al. (NIPS 2014 workshop, Sec. 2) scale the soft-target
+  term by T² so that it stays comparable to the hard-target one; a term ten times larger decides the
+  training alone, and the labels are drowned out. Against the *weighted* CE term, a method that
+  deliberately down-weights the labels (kd's ce_weight 0.1) would be flagged for its design.
 * **near chance**: the training top-1 is still at most ``CHANCE_FACTOR`` times chance (100 / classes)
   from epoch ``CHANCE_FROM`` on: the network is not fitting its own training data.
 * **unstable loss**: an epoch's training loss more than ``RISE_FACTOR`` times the lowest one before it:
@@ -38,20 +40,22 @@ def _span(first: int, last: int) -> str:
     return f"epoch {first}" if first == last else f"epochs {first}-{last}"
 
 
-def dominant_terms(history: list[dict], section: str) -> list[dict]:
+def dominant_terms(history: list[dict], section: str, ce_weight: float) -> list[dict]:
+    if ce_weight <= 0:  # no labels' term to compare with
+        return []
     flags = []
     terms = sorted({k.removeprefix("gradnorm/") for r in history for k in r if k.startswith("gradnorm/")})
     for term in terms:
         if term == TASK_TERM:
             continue
-        ratios = {r["epoch"]: r[f"gradnorm/{term}"] / r[f"gradnorm/{TASK_TERM}"] for r in history
+        ratios = {r["epoch"]: r[f"gradnorm/{term}"] * ce_weight / r[f"gradnorm/{TASK_TERM}"] for r in history
                   if r.get(f"gradnorm/{TASK_TERM}", 0) > 0 and f"gradnorm/{term}" in r}
         over = [e for e, ratio in ratios.items() if ratio > DOMINANT_RATIO]
         for first, last in _runs(over):
             if last - first + 1 >= DOMINANT_EPOCHS:
                 peak = max(ratios[e] for e in range(first, last + 1))
                 flags.append({"kind": "dominant_term", "term": term, "epochs": [first, last], "message":
-                              f"term {term!r} sends up to {peak:.0f}x the gradient of the labels' term in "
+                              f"term {term!r} sends up to {peak:.0f}x the gradient of the labels' cross-entropy (at weight 1) in "
                               f"{_span(first, last)}; lower its weight in {section} (or warm it up over more "
                               "epochs)"})
     return flags
@@ -77,7 +81,7 @@ def unstable_loss(history: list[dict]) -> list[dict]:
              "lower the learning rate"} for first, last in _runs(risen)]
 
 
-def health(history: list[dict], num_classes: int, section: str) -> list[dict]:
+def health(history: list[dict], num_classes: int, section: str, ce_weight: float = 1.0) -> list[dict]:
     """Every flag of one training's epoch records (``section``: where its method's weights are set,
-    e.g. ``methods.rkd``); an empty list is a healthy training."""
-    return dominant_terms(history, section) + near_chance(history, num_classes) + unstable_loss(history)
+    e.g. ``methods.rkd``; ``ce_weight``: its labels' term weight); an empty list is a healthy training."""
+    return dominant_terms(history, section, ce_weight) + near_chance(history, num_classes) + unstable_loss(history)

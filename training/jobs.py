@@ -174,7 +174,7 @@ def _train_job(job: TrainJob) -> dict:
                                     trained.stage1_state, trained.structure, meta, data, run) \
             if trained.structure is not None else {}
         best = max(history, key=lambda r: r["test/top1"])
-        flags = health(history, data.num_classes, f"methods.{job.method}")
+        flags = health(history, data.num_classes, f"methods.{job.method}", method.params.ce_weight)
         for flag in flags:
             print(f"[{job.stage}] health: {flag['message']}", file=sys.stderr)
         run.set_tags({"kdlens.health": ",".join(sorted({f["kind"] for f in flags})) or "ok"})
