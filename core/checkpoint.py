@@ -13,6 +13,15 @@ import torch
 from .errors import KdlensError, first_sentence
 
 
+class UnreadableCheckpoint(KdlensError):
+    """A checkpoint file that cannot be loaded: ``problem`` says what is wrong with it, the message adds
+    the fix (delete it and re-run); a caller that can do without the file reports ``problem`` alone."""
+
+    def __init__(self, problem: str):
+        super().__init__(f"{problem}; delete it and re-run the stage that writes it")
+        self.problem = problem
+
+
 def save(path: str | Path, state: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,9 +37,7 @@ def load(path: str | Path, map_location="cpu", required: tuple[str, ...] = ()) -
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated/foreign files
-        raise KdlensError(f"{path}: corrupt or not a kdlens checkpoint ({first_sentence(e)}); "
-                          "delete it and re-run the stage that writes it") from None
+        raise UnreadableCheckpoint(f"{path}: corrupt or not a kdlens checkpoint ({first_sentence(e)})") from None
     if not isinstance(state, dict) or any(k not in state for k in required):
-        raise KdlensError(f"{path}: not a kdlens checkpoint (expected keys {list(required)}); "
-                          "delete it and re-run the stage that writes it")
+        raise UnreadableCheckpoint(f"{path}: not a kdlens checkpoint (expected keys {list(required)})")
     return state

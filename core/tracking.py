@@ -101,13 +101,20 @@ def strict_tracking() -> bool:
     return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (``http(s)://``) rather than a local store."""
+    return uri.startswith(("http://", "https://"))
+
+
 def probe_server(uri: str, timeout: float | None = None) -> str | None:
-    """None if the tracking server at ``uri`` answers ``GET <uri>/health`` within ``timeout`` seconds,
-    else why not (one line, no secret). Any HTTP answer below 500 counts: the server is there (a 404 of
+    """None if the tracking server at ``uri`` answers ``GET <uri>/health`` within ``timeout`` seconds (or
+    ``uri`` is a local store, with no server to probe), else why not (one line, no secret). Any HTTP answer below 500 counts: the server is there (a 404 of
     a proxy without ``/health``, a 401, are MLflow's to report, and quickly); a 5xx is a proxy whose
     server is down, which MLflow would retry for minutes. Sent as MLflow sends its own requests (the
     same ``requests`` library, proxies, TLS and credential variables), so the probe does not fail where
     MLflow would succeed."""
+    if not is_server(uri):
+        return None
     import requests
 
     timeout = PROBE_TIMEOUT_S if timeout is None else timeout
@@ -180,7 +187,7 @@ def git_commit() -> str:
 
 
 def _artifact_location() -> str | None:
-    if tracking_uri().startswith(("http://", "https://")):
+    if is_server(tracking_uri()):
         return None
     return (project_root() / "mlartifacts").as_uri()
 
@@ -225,19 +232,18 @@ class StageRun:
         if os.environ.get("RANK", "0") != "0":  # a torchrun worker other than rank 0 (core/distributed.py)
             return self  # logs nothing: one run per stage
         uri = tracking_uri()
-        if uri.startswith(("http://", "https://")):
-            # Before any MLflow call: MLflow retries an unreachable server for about 4 minutes per call.
-            try:
-                why = probe_server(uri)
-            except Exception:  # the check itself broke: let MLflow try, as without it
-                why = None
-            if why is not None:
-                if strict_tracking():
-                    raise KdlensError(f"MLflow tracking server {display_uri(uri)} is unreachable ({why}); "
-                                      f"{STRICT_ENV} is set, so the stage stops (unset it to run untracked)")
-                warnings.warn(f"MLflow tracking server {display_uri(uri)} is unreachable ({why}); "
-                              "the stage runs untracked", stacklevel=2)
-                return self
+        # Before any MLflow call: MLflow retries an unreachable server for about 4 minutes per call.
+        try:
+            why = probe_server(uri)
+        except Exception:  # the check itself broke: let MLflow try, as without it
+            why = None
+        if why is not None:
+            if strict_tracking():
+                raise KdlensError(f"MLflow tracking server {display_uri(uri)} is unreachable ({why}); "
+                                  f"{STRICT_ENV} is set, so the stage stops (unset it to run untracked)")
+            warnings.warn(f"MLflow tracking server {display_uri(uri)} is unreachable ({why}); "
+                          "the stage runs untracked", stacklevel=2)
+            return self
         try:
             import mlflow
 

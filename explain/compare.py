@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPORTS / "compare.md")
     args = ap.parse_args(argv)
     uri = tracking_uri()
-    why = probe_server(uri) if uri.startswith(("http://", "https://")) else None
+    why = probe_server(uri)
     if why is not None:  # MLflow would retry an unreachable server for minutes
         print(f"error: MLflow tracking server {display_uri(uri)} is unreachable ({why})", file=sys.stderr)
         return 2

@@ -10,8 +10,8 @@ on its share of every batch and every recorded number is reduced over the ranks 
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -248,9 +248,9 @@ def _resume_state(work_dir: Path, device: torch.device, name: str, main: bool) -
             continue
         try:
             state = checkpoint.load(path, map_location=device, required=RESUME_KEYS)
-        except KdlensError as e:
+        except checkpoint.UnreadableCheckpoint as e:
             if main:
-                print(f"[{name}] warning: {str(e).split('; delete it')[0]}; passing over it", file=sys.stderr)
+                print(f"[{name}] warning: {e.problem}; passing over it", file=sys.stderr)
             continue
         if main:
             print(f"[{name}] resuming from {path} after epoch {state['epoch']}", file=sys.stderr)
