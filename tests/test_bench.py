@@ -13,19 +13,24 @@ import yaml
 from conftest import ROOT, tiny_params
 
 
-def _bench(*args, cwd=ROOT) -> str:
+def _bench(*args, cwd=ROOT, whole=False):
     out = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout.strip().splitlines()[-1]
+    lines = out.stdout.strip().splitlines()
+    return lines if whole else lines[-1]
 
 
 def test_kd_gain_reports_mean_and_std_over_seeds(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params()))
-    last = _bench(str(ROOT / "bench/kd_gain.py"), "--params", str(params), "--seeds", "2", "--method", "kd")
-    assert re.fullmatch(r"gain [+-]\d+\.\d\d ± \d+\.\d\d over 2 seeds \(teacher [\d.]+%, baseline [\d.]+%, "
-                        r"student [\d.]+%\)", last), last
+    out = _bench(str(ROOT / "bench/kd_gain.py"), "--params", str(params), "--seeds", "2", "--methods", "kd,rkd",
+                 whole=True)
+    rows = {line.split(" | ")[0].strip("| "): line for line in out if line.startswith("| ")}
+    assert {"kd", "rkd", "ce (baseline)"} <= set(rows), out
+    assert re.search(r"\| \d+\.\d\d ± \d+\.\d\d \| [+-]\d+\.\d\d ± \d+\.\d\d \| (yes|no) \|$", rows["rkd"])
+    assert re.fullmatch(r"baseline [\d.]+ ± [\d.]+ over 2 seeds \(teacher [\d.]+%\); below baseline - 1: "
+                        r"(none|(kd|rkd)(,(kd|rkd))?)", out[-1]), out[-1]
 
 
 def test_methods_prints_the_slowest_method():

@@ -44,6 +44,19 @@ def test_training_near_chance_after_the_first_epochs_is_flagged():
     assert health(_records(top1=16.0), 10, "methods.rkd") == []  # above 1.5x chance: learning
 
 
+def test_a_labels_fit_still_near_chance_at_mid_schedule_is_flagged():
+    slow = _records(top1=40.0)
+    for r in slow:
+        r["train/ce"] = 2.3 - 0.05 * r["epoch"]  # 2.05 at epoch 5 of 10, chance ln 10 = 2.30
+    flags = health(slow, 10, "methods.rkd")
+    assert [(f["kind"], f["epochs"]) for f in flags] == [("slow_fit", [5, 5])]
+    assert "still 2.05 (chance 2.30) at epoch 5 of 10" in flags[0]["message"] and "methods.rkd" in flags[0]["message"]
+    assert health(slow, 10, "methods.kd", ce_weight=2.0) == []  # 1.03 at weight 1: fitting
+    for r in slow:
+        r["train/ce"] = 2.3 / r["epoch"]
+    assert health(slow, 10, "methods.rkd") == []
+
+
 def test_a_loss_that_rises_far_above_its_lowest_is_flagged():
     flags = health(_records(n=5, losses=[2.0, 1.0, 0.5, 1.6, 0.4]), 10, "methods.kd")
     assert [(f["kind"], f["epochs"]) for f in flags] == [("unstable_loss", [4, 4])]
