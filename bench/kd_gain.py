@@ -74,7 +74,7 @@ def main() -> None:
         top1: dict[str, list[float]] = {m: [] for m in ["ce", *chosen]}
         for seed in range(p.seed, p.seed + args.seeds):
             for m in top1:
-                t = None if m == "ce" else teacher
+                t = teacher if methods.get(m).needs_teacher else None
                 trained = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
                                         tmp / f"{m}-{seed}", teacher=t, name=f"{m} seed {seed}",
                                         compile_teacher=p.trainer.compile_teacher)
@@ -87,10 +87,9 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f} s\n")
     print("| method | top-1 | gain over CE | mean ≥ baseline − 1 |\n|---|---:|---:|---|")
     print(f"| ce (baseline) | {mean_sd(base)} | | |")
-    below = []
+    below = [m for m, accs in top1.items() if statistics.mean(accs) < floor]
     for m, accs in sorted(top1.items(), key=lambda kv: -statistics.mean(kv[1])):
-        ok = statistics.mean(accs) >= floor
-        below += [] if ok else [m]
+        ok = m not in below
         print(f"| {m} | {mean_sd(accs)} | {mean_sd([s - b for s, b in zip(accs, base)], signed=True)} | {'yes' if ok else 'no'} |")
     print(f"\nbaseline {mean_sd(base)} over {len(base)} seeds (teacher {teacher_top1:.2f}%); "
           f"below baseline - 1: {','.join(below) or 'none'}")

@@ -15,7 +15,7 @@ Each flag is one line naming the epochs and the likely fix, written to the stage
 * **slow fit**: at the middle epoch of the schedule the labels' training cross-entropy (``train/ce`` /
   ``ce_weight``) is still above ``SLOW_FRACTION`` of chance level, ln(classes): the method's terms hold
   the labels' fit back (rkd with the papers' weights on a 10-class profile: 1.96 of 2.30 at epoch 10 of
-  20, where the CE baseline is near 0.4).
+  20, where the CE baseline's is 0.66).
 * **unstable loss**: an epoch's training loss more than ``RISE_FACTOR`` times the lowest one before it:
   a diverging loss, the step before a non-finite one (which stops the training).
 """
