@@ -6,15 +6,26 @@ the teacher once (or loads ``--teacher``), then for each student seed trains the
 and every method's student from the same initial weights.
 
     python bench/kd_gain.py --seeds 3 [--methods kd,rkd | --methods all] [--teacher data/teacher/model.pt]
+                            [--record bench/results/kd_gain.jsonl]
 
-Prints one line per seed and method, then a markdown table (mean ± std of top-1 and of the gain, and
-whether the mean is at least the baseline's mean - 1 point). Last line:
+Prints one line per seed and method, then a markdown table (mean ± std of top-1 and of the gain, whether
+the mean is at least the baseline's mean - 1 point, and the training-health flags of any seed). Last line:
 ``baseline <mean> ± <std> over <n> seeds (teacher <t>%); below baseline - 1: <methods or none>``.
+
+``--record FILE`` makes a long benchmark resumable (all methods x 3 seeds is hours on a CPU): each run is
+appended to FILE as one JSON line the moment it ends, keyed by a hash of everything that decides it (the
+data, the student's architecture and schedule, the method's params, the seed and the teacher: the
+file's SHA-256, or its params when trained here). A later call reuses every run whose key is in FILE
+and trains only the rest, so changing one method's params re-runs that method alone. The key does not
+cover the code: each line records the commit it ran at (``git describe --dirty``); start a new FILE
+after a change to the training code.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +37,13 @@ import methods  # noqa: E402
 from dataset import prepare  # noqa: E402
 from dataset.store import load_prepared  # noqa: E402
 from core.device import device  # noqa: E402
+from core.files import sha256_file  # noqa: E402
+from core.schema import params_hash  # noqa: E402
 from training.fitter import loaders  # noqa: E402
 from training.jobs import train_network  # noqa: E402
 from models.saved import load_model  # noqa: E402
 from stages.params import load_params  # noqa: E402
+from training.health import health  # noqa: E402
 from training.trainer import evaluate  # noqa: E402
 
 MARGIN = 1.0  # points below the baseline's mean that a method's mean may fall before it is listed
@@ -38,6 +52,37 @@ MARGIN = 1.0  # points below the baseline's mean that a method's mean may fall b
 def mean_sd(values: list[float], signed: bool = False) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else float("nan")
     return f"{statistics.mean(values):{'+' if signed else ''}.2f} ± {sd:.2f}"
+
+
+class Record:
+    """The runs of ``--record FILE``: one JSON object a line, looked up by ``key``; None = keep nothing."""
+
+    def __init__(self, path: str | None):
+        self.path, self.runs = (Path(path) if path else None), {}
+        if self.path is None or not self.path.exists():
+            return
+        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            try:
+                run = json.loads(line)
+                self.runs[run["key"]] = run
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                sys.exit(f"kd_gain: {self.path} line {n} is not a run record ({e}); "
+                         "delete that line (its run is trained again) or pass another --record file")
+
+    def add(self, run: dict) -> None:
+        self.runs[run["key"]] = run
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(run) + "\n")
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def method_list(arg: str | None, default: str) -> list[str]:
@@ -53,45 +98,73 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default=None, help="comma-separated, or all; defaults to params.yaml's method")
     ap.add_argument("--teacher", default=None, help="a trained model.pt; trained here if omitted")
+    ap.add_argument("--record", default=None, help="a JSON-lines file of runs: reused, and appended to")
     args = ap.parse_args()
     p = load_params(args.params)
     chosen = method_list(args.methods, p.method)
     for m in chosen:
         methods.get(m)  # an unknown name fails here, in one line, before any training
+    record = Record(args.record)
+    teacher_id = {"file": sha256_file(args.teacher)} if args.teacher else \
+        {"arch": p.teacher.arch, "seed": p.teacher.seed, "train": p.teacher.train.model_dump(mode="json")}
+    setting = {"data": p.data.model_dump(mode="json"), "arch": p.student.arch,
+               "train": p.student.train.model_dump(mode="json")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         prepare(p.data, tmp / "data")
         data = load_prepared(tmp / "data")
-        if args.teacher:
-            teacher = load_model(args.teacher)
-            _, test = loaders(data, p.teacher.train, p.teacher.seed, device())
-            teacher_top1 = evaluate(teacher, test)["top1"]
-        else:
-            trained = train_network(p.teacher.arch, p.teacher.train, p.teacher.seed, "ce", p.method_params("ce"),
-                                    data, tmp / "teacher", name="teacher")
-            teacher, teacher_top1 = trained.student, trained.result.final["test/top1"]
-        top1: dict[str, list[float]] = {m: [] for m in ["ce", *chosen]}
+        teacher: list = []  # [network, top-1], made on first need: a fully recorded call trains nothing
+
+        def the_teacher():
+            if not teacher:
+                if args.teacher:
+                    net = load_model(args.teacher)
+                    teacher.extend([net, evaluate(net, loaders(data, p.teacher.train, p.teacher.seed, device())[1])["top1"]])
+                else:
+                    trained = train_network(p.teacher.arch, p.teacher.train, p.teacher.seed, "ce",
+                                            p.method_params("ce"), data, tmp / "teacher", name="teacher")
+                    teacher.extend([trained.student, trained.result.final["test/top1"]])
+            return teacher
+
+        runs: dict[str, list[dict]] = {m: [] for m in ["ce", *chosen]}
         for seed in range(p.seed, p.seed + args.seeds):
-            for m in top1:
-                t = teacher if methods.get(m).needs_teacher else None
-                trained = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
-                                        tmp / f"{m}-{seed}", teacher=t, name=f"{m} seed {seed}",
-                                        compile_teacher=p.trainer.compile_teacher)
-                top1[m].append(trained.result.final["test/top1"])
-                gain = "" if m == "ce" else f"  gain {top1[m][-1] - top1['ce'][-1]:+.2f}"
-                print(f"seed {seed}: {m} {top1[m][-1]:.2f}%{gain}", flush=True)
-    base = top1.pop("ce")
+            for m in runs:
+                needs_teacher = methods.get(m).needs_teacher
+                key = params_hash({**setting, "seed": seed, "method": m,
+                                   "params": p.method_params(m).model_dump(mode="json"),
+                                   "teacher": teacher_id if needs_teacher else None})
+                run, source = record.runs.get(key), "recorded"
+                if run is None:
+                    trained = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
+                                            tmp / f"{m}-{seed}", teacher=the_teacher()[0] if needs_teacher else None,
+                                            name=f"{m} seed {seed}", compile_teacher=p.trainer.compile_teacher)
+                    flags = health(trained.result.history, data.num_classes, f"methods.{m}",
+                                   p.method_params(m).ce_weight)
+                    run, source = {"key": key, "method": m, "seed": seed,
+                                   "top1": trained.result.final["test/top1"],
+                                   "health": sorted({f["kind"] for f in flags}),
+                                   "teacher_top1": the_teacher()[1] if needs_teacher else None,
+                                   "commit": commit(), "date": time.strftime("%Y-%m-%d")}, "trained"
+                    record.add(run)
+                runs[m].append(run)
+                gain = "" if m == "ce" else f"  gain {run['top1'] - runs['ce'][-1]['top1']:+.2f}"
+                print(f"seed {seed}: {m} {run['top1']:.2f}%{gain}  ({source}, {run['commit']})", flush=True)
+    t = next((r["teacher_top1"] for rs in runs.values() for r in rs if r["teacher_top1"] is not None), None)
+    teacher_top1 = "not used" if t is None else f"{t:.2f}%"
+    base = [r["top1"] for r in runs.pop("ce")]
+    top1 = {m: [r["top1"] for r in rs] for m, rs in runs.items()}
     floor = statistics.mean(base) - MARGIN
-    print(f"{p.data.name}: teacher {p.teacher.arch} {teacher_top1:.2f}%, student {p.student.arch}, "
+    print(f"{p.data.name}: teacher {p.teacher.arch} {teacher_top1}, student {p.student.arch}, "
           f"{time.perf_counter() - t0:.0f} s\n")
-    print("| method | top-1 | gain over CE | mean ≥ baseline − 1 |\n|---|---:|---:|---|")
-    print(f"| ce (baseline) | {mean_sd(base)} | | |")
+    print("| method | top-1 | gain over CE | mean ≥ baseline − 1 | health flags (any seed) |\n|---|---:|---:|---|---|")
+    print(f"| ce (baseline) | {mean_sd(base)} | | | |")
     below = [m for m, accs in top1.items() if statistics.mean(accs) < floor]
     for m, accs in sorted(top1.items(), key=lambda kv: -statistics.mean(kv[1])):
-        ok = m not in below
-        print(f"| {m} | {mean_sd(accs)} | {mean_sd([s - b for s, b in zip(accs, base)], signed=True)} | {'yes' if ok else 'no'} |")
-    print(f"\nbaseline {mean_sd(base)} over {len(base)} seeds (teacher {teacher_top1:.2f}%); "
+        flags = ", ".join(sorted({f for r in runs[m] for f in r["health"]})) or "none"
+        print(f"| {m} | {mean_sd(accs)} | {mean_sd([s - b for s, b in zip(accs, base)], signed=True)} | "
+              f"{'no' if m in below else 'yes'} | {flags} |")
+    print(f"\nbaseline {mean_sd(base)} over {len(base)} seeds (teacher {teacher_top1}); "
           f"below baseline - 1: {','.join(below) or 'none'}")
 
 

@@ -21,16 +21,27 @@ def _bench(*args, cwd=ROOT, whole=False):
     return lines if whole else lines[-1]
 
 
-def test_kd_gain_reports_mean_and_std_over_seeds(tmp_path):
-    params = tmp_path / "params.yaml"
+def test_kd_gain_reports_mean_and_std_over_seeds_and_resumes_from_its_record(tmp_path):
+    params, record = tmp_path / "params.yaml", tmp_path / "runs.jsonl"
     params.write_text(yaml.safe_dump(tiny_params()))
-    out = _bench(str(ROOT / "bench/kd_gain.py"), "--params", str(params), "--seeds", "2", "--methods", "kd,rkd",
-                 whole=True)
+    args = [str(ROOT / "bench/kd_gain.py"), "--params", str(params), "--seeds", "2", "--methods", "kd,rkd",
+            "--record", str(record)]
+    out = _bench(*args, whole=True)
     rows = {line.split(" | ")[0].strip("| "): line for line in out if line.startswith("| ")}
     assert {"kd", "rkd", "ce (baseline)"} <= set(rows), out
-    assert re.search(r"\| \d+\.\d\d ± \d+\.\d\d \| [+-]\d+\.\d\d ± \d+\.\d\d \| (yes|no) \|$", rows["rkd"])
+    assert re.search(r"\| \d+\.\d\d ± \d+\.\d\d \| [+-]\d+\.\d\d ± \d+\.\d\d \| (yes|no) \| [a-z_, ]+ \|$",
+                     rows["rkd"])
     assert re.fullmatch(r"baseline [\d.]+ ± [\d.]+ over 2 seeds \(teacher [\d.]+%\); below baseline - 1: "
                         r"(none|(kd|rkd)(,(kd|rkd))?)", out[-1]), out[-1]
+    assert len(record.read_text().splitlines()) == 6  # ce, kd, rkd for each seed, written as each ended
+    # A second call trains nothing (not even the teacher) and prints the same table from the record.
+    again = _bench(*args, whole=True)
+    assert sum("(recorded" in line for line in again) == 6 and "(trained" not in "".join(again), again
+    assert [line for line in again if line.startswith("|")] == [line for line in out if line.startswith("|")]
+    record.write_text(record.read_text() + "not json\n")
+    bad = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and f"{record} line 7 is not a run record" in bad.stderr, bad.stderr[-500:]
+    assert len(record.read_text().splitlines()) == 7  # the record is left as it was
 
 
 def test_methods_prints_the_slowest_method():
