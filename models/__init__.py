@@ -8,7 +8,8 @@ Every model follows the ``Classifier`` contract in ``models.base``; LTB alone ha
 """
 from . import ltb, mobilenetv2, resnet, resnetv2, shufflenetv1, shufflenetv2, vgg, wrn  # noqa: F401 (register)
 from .base import Classifier, Features, count_parameters, feature_shapes
+from .imported import CheckpointMismatch, import_checkpoint, load_checkpoint
 from .registry import UnknownModelError, create, family, names, register
 
-__all__ = ["Classifier", "Features", "UnknownModelError", "count_parameters", "create", "family",
-           "feature_shapes", "names", "register"]
+__all__ = ["CheckpointMismatch", "Classifier", "Features", "UnknownModelError", "count_parameters", "create",
+           "family", "feature_shapes", "import_checkpoint", "load_checkpoint", "names", "register"]

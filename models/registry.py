@@ -1,4 +1,6 @@
-"""Architectures by name: ``create(name, num_classes)``. Families register themselves on import."""
+"""Architectures by name: ``create(name, num_classes)``. Families register themselves on import, each
+with how the reference frameworks' checkpoints of that architecture name their weights, if they have any
+(``reference_keys``, read by ``models.imported``)."""
 from __future__ import annotations
 
 from functools import partial
@@ -9,17 +11,22 @@ from pydantic import AfterValidator
 from .base import Classifier
 
 _BUILDERS: dict[str, Callable[[int], Classifier]] = {}
+# A state dict in the reference frameworks' key names (RepDistiller / mdistiller CIFAR zoo) -> in kdlens's.
+StateRename = Callable[[dict], dict]
+_REFERENCE_KEYS: dict[str, StateRename] = {}
 
 
 class UnknownModelError(ValueError):
     pass
 
 
-def register(name: str):
+def register(name: str, reference_keys: StateRename | None = None):
     def deco(builder: Callable[[int], Classifier]):
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} registered twice")
         _BUILDERS[name] = builder
+        if reference_keys is not None:
+            _REFERENCE_KEYS[name] = reference_keys
         return builder
 
     return deco
@@ -33,6 +40,11 @@ def create(name: str, num_classes: int) -> Classifier:
     if name not in _BUILDERS:
         raise UnknownModelError(f"unknown model {name!r}; choose one of: {', '.join(names())}")
     return _BUILDERS[name](num_classes)
+
+
+def reference_keys(name: str) -> StateRename | None:
+    """How ``name``'s reference checkpoints name their weights; None: the references have no such arch."""
+    return _REFERENCE_KEYS.get(name)
 
 
 def family(name: str) -> type[Classifier]:

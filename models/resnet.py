@@ -7,7 +7,9 @@ RepDistiller / mdistiller variants). Shapes changes use a 1x1 conv + BN projecti
 
 Features: ``stem`` = ReLU(BN(conv)) at 32x32; ``stages`` = the three stage outputs (post-ReLU), the last
 being the CAM map (64 or 256 channels, 8x8); ``preact`` = the residual sums before each stage's final ReLU.
-Deviation from the reference: the head pools with a global mean instead of a fixed ``AvgPool2d(8)``
+Checkpoints of the reference frameworks (``conv1``/``bn1`` stem, ``layer1..3`` of blocks with
+``conv1 bn1 conv2 bn2`` and a ``downsample`` (conv, BN) projection, ``fc`` head) import under
+``REFERENCE_KEYS`` (models/imported.py). Deviation from the reference: the head pools with a global mean instead of a fixed ``AvgPool2d(8)``
 (identical for 32x32 inputs).
 """
 from __future__ import annotations
@@ -15,7 +17,12 @@ from __future__ import annotations
 from functools import partial
 
 from .blocks import BasicBlock, ConvBNAct, Stage, StagedClassifier, init_weights
+from .imported import renamer, shifted
 from .registry import register
+
+REFERENCE_KEYS = renamer((r"^conv1\.", "stem.conv."), (r"^bn1\.", "stem.bn."),
+                         (r"^layer(\d+)\.", shifted(1, -1, "stages.{}.")), (r"\.downsample\.", ".shortcut."),
+                         (r"^fc\.", "classifier."))
 
 
 class CifarResNet(StagedClassifier):
@@ -38,6 +45,6 @@ _BASE = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):
-    register(f"resnet{_depth}")(partial(CifarResNet, _depth, _BASE))
-register("resnet8x4")(partial(CifarResNet, 8, _X4))
-register("resnet32x4")(partial(CifarResNet, 32, _X4))
+    register(f"resnet{_depth}", REFERENCE_KEYS)(partial(CifarResNet, _depth, _BASE))
+register("resnet8x4", REFERENCE_KEYS)(partial(CifarResNet, 8, _X4))
+register("resnet32x4", REFERENCE_KEYS)(partial(CifarResNet, 32, _X4))
