@@ -18,6 +18,7 @@ FIGURES = REPORTS / "figures"  # every report figure (a DVC plots directory)
 TEACHER_CACHE = Path("data/teacher_cache")  # the teacher's logits per training view (cache_teacher)
 SUPERVISION = Path("data/supervision")  # teacher-derived supervision (build_supervision -> letkd1/letkd2)
 SIGMA = Path("data/sigma")  # estimate_sigma@<role>: sigma maps at every kept checkpoint
+TEACHERS = Path("teachers")  # imported teacher files (teacher.checkpoint): the train_teacher stage's dependency
 
 # Inside a training stage's output directory data/<role>/ (and its resumable work directory).
 MODEL_FILE = "model.pt"  # the final weights and the meta load_model rebuilds the network from

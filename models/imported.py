@@ -113,29 +113,52 @@ def other_fit(arch: str, weights: dict, num_classes: int) -> str | None:
                 None)
 
 
+def _kdlens_file(state: dict, arch: str, num_classes: int | None, path: Path) -> bool:
+    """Whether ``state`` is a kdlens model.pt; one of another arch or class count is refused."""
+    if "meta" not in state or "model" not in state:
+        return False
+    meta = state["meta"]
+    if meta.get("arch") != arch or num_classes not in (None, meta.get("num_classes")):
+        raise CheckpointMismatch(f"{path}: a kdlens {meta.get('arch')} model with {meta.get('num_classes')} classes, "
+                                 f"not {arch} with {num_classes}; set the arch to {meta.get('arch')} or point to "
+                                 "another file")
+    return True
+
+
+def _fit(arch: str, weights: dict, num_classes: int, path: Path) -> tuple[str, dict]:
+    found = fitting(arch, weights, num_classes)
+    if found is not None:
+        return found
+    with torch.device("meta"):
+        expected = registry.create(arch, num_classes).state_dict()
+    problem = misfit(expected, candidates(weights, arch)[-1][1])
+    other = other_fit(arch, weights, num_classes)
+    hint = f"; its keys fit {other}: set the arch to {other}" if other else "; check the arch and the class count"
+    raise CheckpointMismatch(f"{path}: does not fit {arch} with {num_classes} classes: {problem}{hint}")
+
+
+def check_checkpoint(arch: str, path: str | Path, num_classes: int | None = None) -> str:
+    """The file's layout, if it fits ``arch`` (with ``num_classes``, or the class count its head has):
+    ``import_checkpoint``'s checks without building the network, for ``check_params`` before any work."""
+    path = Path(path)
+    state = checkpoint.load(path)
+    if _kdlens_file(state, arch, num_classes, path):
+        return KDLENS
+    weights = state_dict_of(state, path)
+    if num_classes is None:
+        heads = [w["classifier.weight"] for _, w in candidates(weights, arch) if "classifier.weight" in w]
+        num_classes = int(heads[0].shape[0]) if heads else 1
+    return _fit(arch, weights, num_classes, path)[0]
+
+
 def import_checkpoint(arch: str, path: str | Path, num_classes: int) -> tuple[Classifier, str]:
     """(network on the CPU in eval mode, the file's layout). Raises ``CheckpointMismatch`` in one line."""
     path = Path(path)
     registry.create(arch, num_classes)  # an unknown arch fails first, naming the choices
     state = checkpoint.load(path)
-    if "meta" in state and "model" in state:
-        meta = state["meta"]
-        if (meta.get("arch"), meta.get("num_classes")) != (arch, num_classes):
-            raise CheckpointMismatch(f"{path}: a kdlens {meta.get('arch')} model with {meta.get('num_classes')} "
-                                     f"classes, not {arch} with {num_classes}; set the arch to "
-                                     f"{meta.get('arch')} or point to another file")
+    if _kdlens_file(state, arch, num_classes, path):
         return load_model(path, torch.device("cpu")).eval(), KDLENS
-    weights = state_dict_of(state, path)
-    found = fitting(arch, weights, num_classes)
-    if found is None:
-        with torch.device("meta"):
-            expected = registry.create(arch, num_classes).state_dict()
-        problem = misfit(expected, candidates(weights, arch)[-1][1])
-        other = other_fit(arch, weights, num_classes)
-        hint = f"; its keys fit {other}: set the arch to {other}" if other else \
-            "; check the arch and the class count"
-        raise CheckpointMismatch(f"{path}: does not fit {arch} with {num_classes} classes: {problem}{hint}")
-    layout, weights = found
+    layout, weights = _fit(arch, state_dict_of(state, path), num_classes, path)
     model = registry.create(arch, num_classes)
     model.load_state_dict(weights, strict=False)  # strict on every key but OPTIONAL, checked by misfit
     return model.eval(), layout

@@ -12,18 +12,45 @@ and 7: (12,16,16), (16,8,8), (48,4,4), (160,2,2)) **plus the 1x1-conv-to-1280 ou
 That last tap is a deliberate deviation, as in Exp-KD's code, so that ``stages[-1]`` is the map the
 head pools. Block outputs are linear (no ReLU), so their ``preact`` equals the stage map; the tap's
 ``preact`` is its BN output. The head is a plain ``nn.Linear`` named ``classifier``.
+Checkpoints of the reference frameworks (``conv1`` stem Sequential, ``blocks.<setting>.<block>.conv.<k>``
+inverted residuals, ``conv2`` Sequential to 1280, ``classifier.0``) import under ``REFERENCE_KEYS``
+(models/imported.py); the reference's per-setting blocks are regrouped into the four stages.
 """
 from __future__ import annotations
+
+import re
 
 from torch import nn
 
 from .blocks import ConvBNAct, PreactBlock, Stage, StagedClassifier, init_weights
+from .imported import renamer
 from .registry import register
 
 # (t, c, n, s); t = 6 is the reference's T
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
             (6, 320, 1, 1))
 TAPS = (2, 3, 5, 7)  # number of settings consumed at the end of each stage
+
+# Reference (setting, block) -> kdlens (stage, block); reference ``conv.<k>`` -> kdlens's ConvBNAct parts.
+_PLACE = {(s, j): (stage, sum(SETTINGS[p][2] for p in range(start, s)) + j)
+          for stage, (start, end) in enumerate(zip((0, *TAPS), TAPS)) for s in range(start, end)
+          for j in range(SETTINGS[s][2])}
+_PART = {"0": "expand.conv", "1": "expand.bn", "3": "depthwise.conv", "4": "depthwise.bn", "6": "project.conv",
+         "7": "project.bn"}
+
+
+def _block_key(m: re.Match) -> str:
+    """``blocks.<s>.<j>.conv.<k>.`` in kdlens's names; left as it is if not of mobile_half (a misfit names it)."""
+    place, part = _PLACE.get((int(m.group(1)), int(m.group(2)))), _PART.get(m.group(3))
+    if place is None or part is None:
+        return m.group(0)
+    return f"stages.{place[0]}.{place[1]}.{part}."
+
+
+REFERENCE_KEYS = renamer((r"^conv1\.0\.", "stem.conv."), (r"^conv1\.1\.", "stem.bn."),
+                         (r"^blocks\.(\d+)\.(\d+)\.conv\.(\d+)\.", _block_key),
+                         (r"^conv2\.0\.", "tap.conv."), (r"^conv2\.1\.", "tap.bn."),
+                         (r"^classifier\.0\.", "classifier."))
 
 
 class InvertedResidual(PreactBlock):
@@ -65,7 +92,7 @@ class MobileNetV2(StagedClassifier):
         init_weights(self, linear="normal")
 
 
-@register("MobileNetV2")
+@register("MobileNetV2", REFERENCE_KEYS)
 def mobilenetv2_half(num_classes: int) -> MobileNetV2:
     """``mobile_half``: MobileNetV2 with width 0.5, expansion 6 (0.81M parameters at 100 classes)."""
     return MobileNetV2(num_classes, width=0.5)

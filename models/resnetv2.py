@@ -7,7 +7,9 @@ ends at 4x4. Depth = 2 * sum(blocks) + 2 (basic) or 3 * sum(blocks) + 2 (bottlen
 
 Features: ``stem`` (64, 32, 32); four post-ReLU ``stages``, the last being the CAM map (512 or 2048
 channels, 4x4); ``preact`` = the residual sums before each stage's final ReLU. The head pools with a global
-mean (the reference uses ``AdaptiveAvgPool2d(1)``, the same thing).
+mean (the reference uses ``AdaptiveAvgPool2d(1)``, the same thing). Checkpoints of the reference frameworks
+(``conv1``/``bn1`` stem, ``layer1..4`` of blocks with a ``shortcut`` (conv, BN) projection, ``linear`` head)
+import under ``REFERENCE_KEYS`` (models/imported.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,11 @@ from torch import nn
 
 from .blocks import (BasicBlock, ConvBNAct, PreactBlock, Stage, StagedClassifier, conv1x1, conv3x3,
                      init_weights, projection_shortcut)
+from .imported import renamer, shifted
 from .registry import register
+
+REFERENCE_KEYS = renamer((r"^conv1\.", "stem.conv."), (r"^bn1\.", "stem.bn."),
+                         (r"^layer(\d+)\.", shifted(1, -1, "stages.{}.")), (r"^linear\.", "classifier."))
 
 
 class Bottleneck(PreactBlock):
@@ -60,19 +66,19 @@ class ResNetV2(StagedClassifier):
         init_weights(self)
 
 
-@register("ResNet18")
+@register("ResNet18", REFERENCE_KEYS)
 def resnet18(num_classes: int) -> ResNetV2:
     """ResNet18 (BasicBlock [2,2,2,2]) with a CIFAR stem."""
     return ResNetV2(BasicBlock, (2, 2, 2, 2), num_classes)
 
 
-@register("ResNet34")
+@register("ResNet34", REFERENCE_KEYS)
 def resnet34(num_classes: int) -> ResNetV2:
     """ResNet34 (BasicBlock [3,4,6,3]) with a CIFAR stem."""
     return ResNetV2(BasicBlock, (3, 4, 6, 3), num_classes)
 
 
-@register("ResNet50")
+@register("ResNet50", REFERENCE_KEYS)
 def resnet50(num_classes: int) -> ResNetV2:
     """ResNet50 (Bottleneck [3,4,6,3]) with a CIFAR stem."""
     return ResNetV2(Bottleneck, (3, 4, 6, 3), num_classes)

@@ -12,6 +12,9 @@ Features: ``stem`` (24, 32, 32); ``stages`` = the three stage outputs after thei
 ((240,16,16), (480,8,8), (960,4,4)); ``preact`` = the sums before that ReLU; ``bn_before_relu()`` = the
 last unit's final BN of each stage (the sum also contains the identity, as in ResNets). Initialisation is
 PyTorch's default, as in the reference. No extra tap is needed: the last stage already feeds the head.
+Checkpoints of the reference frameworks (``conv1``/``bn1`` stem, ``layer1..3`` of ``Bottleneck`` units with
+``conv1 bn1 conv2 bn2 conv3 bn3`` and a parameter-free ``shortcut``, ``linear`` head) import under
+``REFERENCE_KEYS`` (models/imported.py).
 """
 from __future__ import annotations
 
@@ -20,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import ConvBNAct, PreactBlock, Stage, StagedClassifier, channel_shuffle
+from .imported import renamer, shifted
 from .registry import register
+
+REFERENCE_KEYS = renamer((r"^conv1\.", "stem.conv."), (r"^bn1\.", "stem.bn."),
+                         (r"^layer(\d+)\.", shifted(1, -1, "stages.{}.")),
+                         (r"^(stages\.\d+\.\d+\.)(conv|bn)1\.", r"\1reduce.\2."),
+                         (r"^(stages\.\d+\.\d+\.)(conv|bn)2\.", r"\1depthwise.\2."),
+                         (r"^(stages\.\d+\.\d+\.)(conv|bn)3\.", r"\1expand.\2."),
+                         (r"^linear\.", "classifier."))
 
 
 class ShuffleUnit(PreactBlock):
@@ -58,7 +69,7 @@ class ShuffleNetV1(StagedClassifier):
         super().__init__(ConvBNAct(3, 24, 1), stages, cin, num_classes)
 
 
-@register("ShuffleV1")
+@register("ShuffleV1", REFERENCE_KEYS)
 def shufflev1(num_classes: int) -> ShuffleNetV1:
     """ShuffleNet v1, groups 3, widths [240, 480, 960], units [4, 8, 4]."""
     return ShuffleNetV1(num_classes)

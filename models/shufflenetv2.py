@@ -4,10 +4,14 @@ Basic unit: split the channels in half; one half passes through, the other goes 
 3x3 depthwise conv-BN -> 1x1 conv-BN-ReLU; concatenate and channel-shuffle (2 groups). Down-sampling unit:
 both branches see the whole input (left: 3x3 depthwise stride 2-BN -> 1x1-BN-ReLU; right: 1x1-BN-ReLU ->
 3x3 depthwise stride 2-BN -> 1x1-BN-ReLU), each producing half the output; concatenate and shuffle.
-net_size 1 (kept at 1, unlike Exp-KD's 1.5): stem 3x3 conv stride 1 to 24 channels + BN +
-ReLU, stages of widths (116, 232, 464) made of one down-sampling unit plus (3, 7, 3) basic units, a 1x1
-conv-BN-ReLU ("conv2") to 1024 channels, global average pooling and ``Linear(1024, N)``.
-Initialisation is PyTorch's default, as in the reference.
+net_size 1 (kept at 1, unlike Exp-KD's 1.5): stem 1x1 conv to 24 channels + BN + ReLU (as the reference,
+whose 3x3 stem is commented out), stages of widths (116, 232, 464) made of one down-sampling unit plus
+(3, 7, 3) basic units, a 1x1 conv-BN-ReLU ("conv2") to 1024 channels, global average pooling and
+``Linear(1024, N)``.
+Initialisation is PyTorch's default, as in the reference. Checkpoints of the reference frameworks
+(``conv1``/``bn1`` stem, ``layer1..3`` of a ``DownBlock`` ``conv1..5``/``bn1..5`` then ``BasicBlock``s
+``conv1..3``/``bn1..3``, ``conv2``/``bn2`` to 1024, ``linear`` head) import under ``REFERENCE_KEYS``
+(models/imported.py).
 
 Features and deliberate deviations from the reference:
 
@@ -28,7 +32,19 @@ import torch
 from torch import nn
 
 from .blocks import ConvBNAct, PreactBlock, Stage, StagedClassifier, channel_shuffle
+from .imported import renamer, shifted
 from .registry import register
+
+_DOWN = ("left_dw", "left_pw", "right_pw1", "right_dw", "right_pw2")  # the reference's conv1..5 / bn1..5
+_BASIC = ("pw1", "dw", "pw2")  # conv1..3 / bn1..3
+REFERENCE_KEYS = renamer((r"^conv1\.", "stem.conv."), (r"^bn1\.", "stem.bn."),
+                         (r"^conv2\.", "tap.conv."), (r"^bn2\.", "tap.bn."),
+                         (r"^layer(\d+)\.", shifted(1, -1, "stages.{}.")),
+                         (r"^(stages\.\d+\.0\.)(conv|bn)([1-5])\.",
+                          lambda m: f"{m[1]}{_DOWN[int(m[3]) - 1]}.{m[2]}."),
+                         (r"^(stages\.\d+\.[1-9]\d*\.)(conv|bn)([1-3])\.",
+                          lambda m: f"{m[1]}{_BASIC[int(m[3]) - 1]}.{m[2]}."),
+                         (r"^linear\.", "classifier."))
 
 
 def _merge(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -115,13 +131,13 @@ class ShuffleNetV2(StagedClassifier):
         for cout, n in zip(widths, units):
             stages.append(Stage(DownUnit(cin, cout), *(BasicUnit(cout) for _ in range(n))))
             cin = cout
-        super().__init__(ConvBNAct(3, 24, 3), stages, cin, num_classes, tap=ConvBNAct(cin, last_channel, 1))
+        super().__init__(ConvBNAct(3, 24, 1), stages, cin, num_classes, tap=ConvBNAct(cin, last_channel, 1))
 
     def bn_before_relu(self) -> list[nn.Module]:
         return [RoutedBatchNorm(stage) for stage in self.stages] + [self.tap.out_bn]
 
 
-@register("ShuffleV2")
+@register("ShuffleV2", REFERENCE_KEYS)
 def shufflev2(num_classes: int) -> ShuffleNetV2:
     """ShuffleNet V2 at net_size 1: widths (116, 232, 464), units (3, 7, 3), conv2 to 1024."""
     return ShuffleNetV2(num_classes)

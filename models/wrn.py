@@ -13,7 +13,9 @@ is the map the head pools and the CAM identity holds. ``preact[i]`` follows the 
 stream after the BN that starts the next group (``groups[i+1][0].bn1``), and ``self.bn`` for the last
 group and the tap; ``bn_before_relu()`` returns exactly those BNs, so ``preact[i]`` *is* their output.
 Each BN runs once per forward: the next group consumes the normalised map computed for ``preact``
-instead of normalising its input again.
+instead of normalising its input again. Checkpoints of the reference frameworks (``conv1`` stem,
+``block1..3.layer.<i>`` blocks with ``bn1 conv1 bn2 conv2`` and a ``convShortcut``, final ``bn1``, ``fc``
+head) import under ``REFERENCE_KEYS`` (models/imported.py).
 """
 from __future__ import annotations
 
@@ -25,7 +27,11 @@ from torch import nn
 
 from .base import Classifier, Features
 from .blocks import conv1x1, conv3x3, init_weights, make_features
+from .imported import renamer, shifted
 from .registry import register
+
+REFERENCE_KEYS = renamer((r"^block(\d+)\.layer\.", shifted(1, -1, "groups.{}.")),
+                         (r"\.convShortcut\.", ".shortcut."), (r"^bn1\.", "bn."), (r"^fc\.", "classifier."))
 
 
 class WideBasic(nn.Module):
@@ -86,4 +92,4 @@ class WideResNet(Classifier):
 
 
 for _depth, _widen in ((16, 1), (16, 2), (40, 1), (40, 2)):
-    register(f"wrn_{_depth}_{_widen}")(partial(WideResNet, _depth, _widen))
+    register(f"wrn_{_depth}_{_widen}", REFERENCE_KEYS)(partial(WideResNet, _depth, _widen))

@@ -3,41 +3,13 @@ have, saved in their layout with random weights and random BatchNorm statistics,
 network that gives the same logits and features; a file that does not fit stops in one line."""
 import pytest
 import torch
-from torch import nn
 
 import models
 from core import checkpoint
 from models import registry
-from reference_layouts import ARCHS
+from reference_layouts import ARCHS, randomised, save_reference
 
 NUM_CLASSES = 100
-
-
-def randomised(net: nn.Module, seed: int) -> nn.Module:
-    """Random weights and random BN running statistics, so a swapped layer or a missed buffer shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.25)  # deep nets stay finite
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-                m.num_batches_tracked.fill_(int(torch.randint(1, 10**5, (1,), generator=g)))
-            elif isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * m.weight[0].numel() ** -0.5)
-                if m.bias is not None:
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return net.eval()
-
-
-def save_reference(net: nn.Module, path) -> None:
-    """As the reference frameworks save a teacher: weights under 'model', with epoch, accuracy, optimizer."""
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    net(torch.zeros(2, 3, 32, 32))[0].sum().backward()
-    opt.step()  # the optimizer state holds momentum buffers, as a real one does
-    opt.zero_grad()
-    torch.save({"model": net.state_dict(), "epoch": 240, "accuracy": 72.34, "optimizer": opt.state_dict()}, path)
 
 
 def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:

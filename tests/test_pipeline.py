@@ -315,6 +315,48 @@ def test_teacher_compile_switch_reruns_only_the_stages_that_run_the_teacher(repo
     _run(repo, "git", "checkout", "params.yaml")
 
 
+def test_imported_teacher_and_the_evaluate_command(repo):
+    """teacher.checkpoint: a reference-layout file in teachers/ is checked by check_params, then imported and
+    evaluated by train_teacher (its metrics name the file's SHA-256 and layout); stages.evaluate reads the
+    imported file, a model.pt and a kept epoch alike; a file that does not fit stops before any output goes."""
+    from core.files import sha256_file
+    from models.imported import REFERENCE
+    from reference_layouts import ARCHS, randomised, save_reference
+
+    _restore_committed_state(repo)
+    ckpt = repo / "teachers/ref/ckpt_epoch_240.pth"
+    ckpt.parent.mkdir(parents=True)
+    save_reference(randomised(ARCHS["resnet8"](10), seed=3), ckpt)
+    evaluate = (sys.executable, "-m", "stages.evaluate")
+    ev = json.loads(_run(repo, *evaluate, "teachers/ref/ckpt_epoch_240.pth", "--arch", "resnet8", "--json").stdout)
+    assert ev["layout"] == REFERENCE and len(ev["per_class_top1"]) == 10 and 0 <= ev["ece"] <= 100, ev
+    p = yaml.safe_load((repo / "params.yaml").read_text())
+    p["teacher"]["checkpoint"] = "teachers/ref/ckpt_epoch_240.pth"
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    assert {"check_params", "train_teacher"} <= set(json.loads(_run(repo, "dvc", "status", "--json").stdout))
+    _run(repo, "dvc", "repro", "train_teacher")
+    teacher = json.loads((repo / "metrics/teacher.json").read_text())
+    assert (teacher["method"], teacher["layout"], teacher["checkpoint_sha256"]) == ("imported", REFERENCE, sha256_file(ckpt))
+    assert teacher["test_top1"] == ev["top1"] and "epochs" not in teacher
+    run = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(teacher["mlflow_run_id"])
+    assert run.data.tags["kdlens.teacher_source"] == f"imported ({REFERENCE})"
+    again = json.loads(_run(repo, *evaluate, "data/teacher/model.pt", "--json").stdout)
+    assert (again["layout"], again["top1"], again["ece"]) == ("kdlens model.pt", ev["top1"], pytest.approx(ev["ece"]))
+    student = json.loads((repo / "metrics/student.json").read_text())
+    line = _run(repo, *evaluate, "data/student/checkpoints/epoch_002.pt").stdout
+    assert "kept epoch 2 of data/student/model.pt" in line and f"top-1 {student['test_top1']:.2f}%" in line, line
+    # A file of another arch: check_params stops in one line, and the imported teacher's outputs stay.
+    save_reference(randomised(ARCHS["resnet14"](10), seed=0), ckpt)
+    model = (repo / "data/teacher/model.pt").read_bytes()
+    out = _run(repo, "dvc", "repro", "train_teacher", check=False)
+    assert out.returncode != 0 and ("error: teachers/ref/ckpt_epoch_240.pth: does not fit resnet8 with 10 classes: "
+                                    "unexpected key 'stages.0.1.conv1.weight'") in out.stderr, out.stderr[-2000:]
+    assert "its keys fit resnet14: set the arch to resnet14" in out.stderr
+    assert (repo / "data/teacher/model.pt").read_bytes() == model
+    shutil.rmtree(ckpt.parent)
+    _run(repo, "git", "checkout", "params.yaml")
+
+
 def _exp_rows(shown):
     """(params, metrics) of every revision in `dvc exp show --json` output, whatever its nesting."""
     rows = []

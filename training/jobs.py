@@ -3,6 +3,11 @@
 It builds the networks and the method, trains with ``training.trainer.fit``, writes the stage's outputs
 (final weights, kept checkpoints, metrics JSON, per-epoch curves) and logs everything to MLflow. With
 ``trainer.nproc`` > 1 it does so on that many processes under torchrun (core/distributed.py).
+
+``run_import_job`` is the ``train_teacher`` stage for a teacher trained elsewhere (``teacher.checkpoint``):
+it imports the file (models/imported.py), evaluates it on the prepared test split and writes what a trained
+teacher writes, ``data/teacher/model.pt``, ``metrics/teacher.json`` and its curve (one point), logged to
+MLflow; the metrics record the file's SHA-256 and layout instead of an epoch count.
 """
 from __future__ import annotations
 
@@ -27,12 +32,12 @@ from models.base import count_parameters
 from models.saved import load_model
 from models.vam import VamParams, vam_parameter_count
 
-from .params import StructureParams, TrainerParams, TrainParams
+from .params import StructureParams, TeacherParams, TrainerParams, TrainParams
 from .fitter import Fitter, loaders, new_student
 from .health import health
 from .structure import learn_structure, write_structure
 from .teacher import Views, frozen_teacher, open_cache
-from .trainer import FitResult
+from .trainer import FitResult, evaluate
 
 
 @dataclass
@@ -197,4 +202,42 @@ def _train_job(job: TrainJob) -> dict:
         run.log_artifact(job.metrics_path)
         run.log_artifact(job.curves_path, "curves")  # same file name as the summary: keep both
         run.log_figure(training_curves({job.stage: history}), "plots/training_curves.png")
+    return summary
+
+
+SOURCE = "imported"  # metrics' "method" of an imported teacher (a trained one's is "ce")
+
+
+def run_import_job(stage: str, teacher: TeacherParams, data_dir: Path, out_dir: Path, metrics_path: Path,
+                   curves_path: Path, params_slice: dict) -> dict:
+    path = Path(teacher.checkpoint)  # check_params has checked that it exists and fits the arch
+    data = load_prepared(data_dir)
+    # Before any logging: a file that does not fit the arch stops here, in one line.
+    network, layout = models.import_checkpoint(teacher.arch, path, data.num_classes)
+    sha = sha256_file(path)
+    dev = device()
+    inputs = {"data_sha256": data.card["sha256"], "checkpoint_sha256": sha}
+    with StageRun.keyed(stage, data.card["name"], params_slice, inputs, {"device": str(dev)}, SOURCE) as run:
+        _, test = loaders(data, teacher.train, teacher.seed, dev)
+        result = evaluate(network.to(dev), test, desc=f"{stage} (imported {path.name})")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"arch": teacher.arch, "num_classes": data.num_classes, "epoch": None, "stage": stage,
+                "method": SOURCE, "params_hash": run.key, "vam": None, "method_parts": None,
+                "checkpoint": str(path), "checkpoint_sha256": sha, "layout": layout}
+        checkpoint.save(out_dir / MODEL_FILE, {"model": network.state_dict(), "meta": meta})
+        history = [{"epoch": 0, "test/top1": result["top1"], "test/top5": result["top5"], "test/loss": result["loss"]}]
+        summary = {
+            "stage": stage, "arch": teacher.arch, "method": SOURCE, "dataset": data.card["name"],
+            "checkpoint": str(path), "checkpoint_sha256": sha, "layout": layout,
+            "test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"],
+            "best_test_top1": result["top1"], "params_student": count_parameters(network), "health": [],
+            "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": run.key,
+        }
+        run.set_tags({"kdlens.teacher_source": f"imported ({layout})"})
+        run.log_metrics({"final/test_top1": result["top1"], "final/test_top5": result["top5"],
+                         "final/test_loss": result["loss"]})
+        write_json(curves_path, history)
+        write_json(metrics_path, summary)
+        run.log_artifact(metrics_path)
+    print(f"[{stage}] imported {teacher.arch} from {path} ({layout}): test top-1 {result['top1']:.2f}%")
     return summary

@@ -2,10 +2,12 @@
 student sections, the teacher's logits cache and how the training stages run (processes, compiling)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from core.paths import TEACHERS
 from core.schema import Section, Seed
 from models.registry import ArchName
 
@@ -47,7 +49,18 @@ class TrainParams(Section):
 class TeacherParams(Section):
     arch: ArchName = "resnet20"
     seed: Seed = 0
-    train: TrainParams = TrainParams()
+    train: TrainParams = TrainParams()  # unused when the teacher is imported
+    # A teacher trained elsewhere, evaluated and used instead of training one (models/imported.py): a
+    # file inside teachers/, the directory train_teacher depends on. None: train ``train`` above.
+    checkpoint: str | None = None
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _inside_teachers(cls, v: str | None) -> str | None:
+        if v is not None and (Path(v).is_absolute() or Path(v).parts[:1] != (TEACHERS.name,) or ".." in Path(v).parts):
+            raise ValueError(f"must be a file inside {TEACHERS}/ (the directory train_teacher depends on, so "
+                             f"DVC sees the file change), got {v!r}: copy or link the file there")
+        return v
 
 
 class StructureParams(Section):

@@ -56,22 +56,26 @@ def _bar(batches, world: World, total: int, desc: str):
 
 
 @torch.no_grad()
+def predict(model: torch.nn.Module, loader: Loader, desc: str = "eval", world: World = ONE
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 logits, labels) of this rank's share of every batch of ``loader``'s split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y, _ in _bar(loader.batches(0, world.rank, world.size), world, len(loader), desc):
+        logits.append(model(x)[0].float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
 def evaluate(model: torch.nn.Module, loader: Loader, desc: str = "eval", world: World = ONE) -> dict[str, float]:
     """Top-1/top-5 accuracy and mean cross-entropy on ``loader``'s split. Across ranks, each evaluates its
     share of every batch and the counts are added up: as fast as the training shares, and exact."""
-    was_training = model.training
-    model.eval()
-    correct1 = correct5 = loss_sum = 0.0
-    k = None
-    for x, y, _ in _bar(loader.batches(0, world.rank, world.size), world, len(loader), desc):
-        logits = model(x)[0].float()
-        k = k or min(5, logits.shape[1])
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        topk = logits.topk(k, dim=1).indices
-        correct1 += (topk[:, 0] == y).sum().item()
-        correct5 += (topk == y[:, None]).any(dim=1).sum().item()
-    model.train(was_training)
-    correct1, correct5, loss_sum = world.sum([correct1, correct5, loss_sum])
+    logits, y = predict(model, loader, desc, world)
+    topk = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    correct1, correct5, loss_sum = world.sum([(topk[:, 0] == y).sum().item(), (topk == y[:, None]).any(1).sum().item(),
+                                              F.cross_entropy(logits, y, reduction="sum").item()])
     n = loader.num_samples
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n}
 

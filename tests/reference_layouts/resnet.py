@@ -6,21 +6,31 @@ from functools import partial
 import torch.nn.functional as F
 from torch import nn
 
+from .common import staged_forward
+
+
+def projection(cin, cout, stride):
+    """Sequential(conv1x1, BN) where the shape changes; an empty Sequential (the identity, no keys) elsewhere."""
+    if stride == 1 and cin == cout:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
 
 class Block(nn.Module):
+    expansion = 1
+    shortcut_name = "downsample"  # resnetv2's BasicBlock is the same block with "shortcut"
+
     def __init__(self, cin, planes, stride):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+        setattr(self, self.shortcut_name, projection(cin, planes, stride))
 
     def forward(self, x):
         out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        return F.relu(out + getattr(self, self.shortcut_name)(x))
 
 
 class ResNet(nn.Module):
@@ -40,13 +50,8 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):
-        stem = F.relu(self.bn1(self.conv1(x)))
-        stages, out = [], stem
-        for layer in (self.layer1, self.layer2, self.layer3):
-            out = layer(out)
-            stages.append(out)
-        pooled = self.avgpool(out).flatten(1)
-        return self.fc(pooled), {"stem": stem, "stages": stages, "pooled": pooled}
+        return staged_forward(F.relu(self.bn1(self.conv1(x))), (self.layer1, self.layer2, self.layer3),
+                              self.avgpool, self.fc)
 
 
 _BASE, _X4 = (16, 16, 32, 64), (32, 64, 128, 256)
