@@ -3,7 +3,8 @@
 One run's gain is noise-dominated on small data (a ±several-point spread between seeds), so kdlens
 judges a method only this way. Uses params.yaml (dataset, architectures, epochs, method params), trains
 the teacher once (or loads ``--teacher``), then for each student seed trains the baseline (``ce``) once
-and every method's student from the same initial weights.
+and every method's student from the same initial weights (the letKD methods' supervision is built once
+from the teacher, as the build_supervision stage does).
 
     python bench/kd_gain.py --seeds 3 [--methods kd,rkd | --methods all] [--teacher data/teacher/model.pt]
                             [--record bench/results/kd_gain.jsonl]
@@ -43,6 +44,8 @@ from training.fitter import loaders  # noqa: E402
 from training.jobs import train_network  # noqa: E402
 from models.saved import load_model  # noqa: E402
 from stages.params import load_params  # noqa: E402
+from methods.letkd.store import save_supervision  # noqa: E402
+from methods.letkd.supervision import build_supervision  # noqa: E402
 from training.health import health  # noqa: E402
 from training.trainer import evaluate  # noqa: E402
 
@@ -127,18 +130,29 @@ def main() -> None:
                     teacher.extend([trained.student, trained.result.final["test/top1"]])
             return teacher
 
+        supervision: dict = {}  # the letKD methods' teacher-derived targets (stage build_supervision), built once
+
+        def the_supervision(m: str):
+            if not supervision:
+                built = build_supervision(the_teacher()[0], data, p.supervision, device())
+                save_supervision(tmp / "supervision", built.arrays, built.info)
+                supervision["path"] = tmp / "supervision"
+            return methods.get(m).load_supervision(supervision["path"])
+
         runs: dict[str, list[dict]] = {m: [] for m in ["ce", *chosen]}
         for seed in range(p.seed, p.seed + args.seeds):
             for m in runs:
-                needs_teacher = methods.get(m).needs_teacher
+                needs_teacher, needs_sup = methods.get(m).needs_teacher, methods.get(m).needs_supervision
                 key = params_hash({**setting, "seed": seed, "method": m,
                                    "params": p.method_params(m).model_dump(mode="json"),
-                                   "teacher": teacher_id if needs_teacher else None})
+                                   "teacher": teacher_id if needs_teacher else None,
+                                   **({"supervision": p.supervision.model_dump(mode="json")} if needs_sup else {})})
                 run, source = record.runs.get(key), "recorded"
                 if run is None:
                     trained = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
                                             tmp / f"{m}-{seed}", teacher=the_teacher()[0] if needs_teacher else None,
-                                            name=f"{m} seed {seed}", compile_teacher=p.trainer.compile_teacher)
+                                            name=f"{m} seed {seed}", compile_teacher=p.trainer.compile_teacher,
+                                            supervision=the_supervision(m) if needs_sup else None)
                     flags = health(trained.result.history, data.num_classes, f"methods.{m}",
                                    p.method_params(m).ce_weight)
                     run, source = {"key": key, "method": m, "seed": seed,
