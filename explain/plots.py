@@ -8,12 +8,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def training_curves(histories: dict[str, list[dict]]):
-    """Test top-1 and training loss per epoch, one line per network."""
+    """Test top-1 and training loss per epoch, one line per network (an imported teacher, never trained
+    here, is one accuracy point at epoch 0 and no loss line)."""
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, history in histories.items():
-        epochs = [r["epoch"] for r in history]
-        ax_acc.plot(epochs, [r["test/top1"] for r in history], marker=".", label=name)
-        ax_loss.plot(epochs, [r["train/loss"] for r in history], marker=".", label=name)
+        ax_acc.plot([r["epoch"] for r in history], [r["test/top1"] for r in history], marker=".", label=name)
+        trained = [r for r in history if "train/loss" in r]
+        ax_loss.plot([r["epoch"] for r in trained], [r["train/loss"] for r in trained], marker=".", label=name)
     ax_acc.set(xlabel="epoch", ylabel="test top-1 (%)", title="accuracy")
     ax_loss.set(xlabel="epoch", ylabel="training loss (sum of terms)", title="loss", yscale="log")
     for ax in (ax_acc, ax_loss):

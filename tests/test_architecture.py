@@ -20,7 +20,7 @@ import yaml
 
 from conftest import ROOT
 
-LAYERS = ["core", "dataset", "models", "methods", "explain", "training", "stages"]
+LAYERS = ["core", "dataset", "models", "methods", "explain", "training", "stages", "protocols"]
 # Method code that only some methods import: declared for every method by the stages that run one.
 METHOD_SHARED = ["methods/common.py", "methods/logits.py", "methods/letkd"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,7 +220,9 @@ def run_import_job(stage: str, teacher: TeacherParams, data_dir: Path, out_dir: 
     inputs = {"data_sha256": data.card["sha256"], "checkpoint_sha256": sha}
     with StageRun.keyed(stage, data.card["name"], params_slice, inputs, {"device": str(dev)}, SOURCE) as run:
         _, test = loaders(data, teacher.train, teacher.seed, dev)
+        start = time.perf_counter()
         result = evaluate(network.to(dev), test, desc=f"{stage} (imported {path.name})")
+        images_per_s = test.num_samples / (time.perf_counter() - start)  # of the evaluation: it trained elsewhere
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"arch": teacher.arch, "num_classes": data.num_classes, "epoch": None, "stage": stage,
                 "method": SOURCE, "params_hash": run.key, "vam": None, "method_parts": None,
@@ -230,7 +233,8 @@ def run_import_job(stage: str, teacher: TeacherParams, data_dir: Path, out_dir: 
             "stage": stage, "arch": teacher.arch, "method": SOURCE, "dataset": data.card["name"],
             "checkpoint": str(path), "checkpoint_sha256": sha, "layout": layout,
             "test_top1": result["top1"], "test_top5": result["top5"], "test_loss": result["loss"],
-            "best_test_top1": result["top1"], "params_student": count_parameters(network), "health": [],
+            "best_test_top1": result["top1"], "params_student": count_parameters(network), "params_vam": 0,
+            "params_method_extra": 0, "images_per_s": images_per_s, "health": [],
             "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id, "params_hash": run.key,
         }
         run.set_tags({"kdlens.teacher_source": f"imported ({layout})"})

@@ -1,0 +1,97 @@
+"""The published protocols (protocols/): every file validates against the params schema, holds the
+values of the reference configurations (the table below, written from the CRD and DKD papers' CIFAR-100
+setups and the methods' papers, independently of protocols/write.py), is what the writer writes, and
+becomes the DVC command it should. The run itself: tests/test_pipeline.py (tiny CIFAR-100, one epoch)."""
+import sys
+
+import pytest
+import yaml
+
+import methods
+import protocols.__main__ as runner
+import protocols.table as table
+from conftest import ROOT
+from core.errors import KdlensError
+from core.schema import read_yaml
+from protocols import PAIRS, files
+from protocols.write import protocol, serves
+from stages.params import parse_params
+
+# (teacher, student): (student lr, DKD beta)
+REFERENCE_PAIRS = {
+    ("resnet56", "resnet20"): (0.05, 2), ("resnet110", "resnet32"): (0.05, 2), ("resnet32x4", "resnet8x4"): (0.05, 8),
+    ("wrn_40_2", "wrn_16_2"): (0.05, 6), ("wrn_40_2", "wrn_40_1"): (0.05, 6), ("vgg13", "vgg8"): (0.05, 6),
+    ("resnet32x4", "ShuffleV1"): (0.01, 8), ("wrn_40_2", "ShuffleV1"): (0.01, 8), ("vgg13", "MobileNetV2"): (0.01, 6),
+    ("ResNet50", "MobileNetV2"): (0.01, 8), ("resnet32x4", "ShuffleV2"): (0.01, 8),
+}
+REFERENCE_SCHEDULE = {"epochs": 240, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+                      "schedule": "multistep", "milestones": [150, 180, 210], "gamma": 0.1, "warmup_epochs": 0}
+REFERENCE_METHODS = {  # the loss weights and settings of the reference configurations
+    "kd": {"ce_weight": 0.1, "kd_weight": 0.9, "T": 4}, "at": {"at_weight": 1000, "p": 2},
+    "fitnet": {"hint_weight": 100}, "sp": {"sp_weight": 3000}, "vid": {"vid_weight": 1, "init_pred_var": 5},
+    "rkd": {"feat_weight": 1, "distance_weight": 25, "angle_weight": 50}, "pkt": {"pkt_weight": 30000},
+    "nst": {"nst_weight": 50}, "ft": {"ft_weight": 200}, "ofd": {"ofd_weight": 1e-3}, "kdsvd": {"kdsvd_weight": 1},
+    "crd": {"crd_weight": 0.8, "num_negatives": 16384, "temperature": 0.07, "momentum": 0.5, "feat_dim": 128},
+    "dkd": {"ce_weight": 1, "alpha": 1, "T": 4, "warmup": 20}, "reviewkd": {"reviewkd_weight": 5, "warmup": 20},
+}
+
+
+def test_every_pair_has_a_file_per_method_that_can_serve_it():
+    assert {(p.teacher, p.student) for p in PAIRS} == set(REFERENCE_PAIRS)
+    found = {(f.parent.name, f.stem) for f in files()}
+    absent = {(p, m) for p in PAIRS for m in methods.names() if (p.name, m) not in found}
+    assert {m for _, m in absent} == {"kdsvd"}  # it needs equal channel counts in each paired stage
+    assert not any(serves(p, m) for p, m in absent) and serves(PAIRS[0], "kdsvd")
+    assert ("resnet56-resnet20", "kdsvd") in found and len(found) == len(PAIRS) * len(methods.names()) - len(absent)
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p.name)
+def test_files_validate_and_hold_the_reference_values(pair):
+    params = read_yaml(ROOT / "params.yaml")
+    lr, beta = REFERENCE_PAIRS[(pair.teacher, pair.student)]
+    for path in files(ROOT / "protocols/cifar100" / pair.name):
+        sets = yaml.safe_load(path.read_text())
+        assert sets == protocol(pair, path.stem), f"{path} is stale: run python -m protocols.write"
+        p = parse_params(runner.merged(params, sets, str(path)), str(path), every_method=False)
+        m = p.method_params()
+        assert (p.data.name, p.teacher.arch, p.student.arch, p.method) == ("cifar100", pair.teacher, pair.student, path.stem)
+        assert p.teacher.checkpoint == f"teachers/cifar_teachers/{pair.teacher}_vanilla/ckpt_epoch_240.pth"
+        assert p.student.train.lr == lr and not p.student.train.amp
+        assert {k: getattr(p.student.train, k) for k in REFERENCE_SCHEDULE} == REFERENCE_SCHEDULE
+        want = {**REFERENCE_METHODS.get(path.stem, {}), **({"beta": beta} if path.stem == "dkd" else {})}
+        assert {k: getattr(m, k) for k in want} == want, path
+        if methods.get(path.stem).needs_supervision:  # letKD at the paper's CIFAR-100 sizes
+            assert (p.supervision.k, p.supervision.lda_dim) == (4096, 60)
+
+
+def test_the_runner_prints_the_dvc_commands_and_refuses_a_bad_key(monkeypatch, capsys):
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["protocols", *args])
+        runner.main()
+        return capsys.readouterr().out.splitlines()
+
+    monkeypatch.chdir(ROOT)
+    lines = run("protocols/cifar100/vgg13-vgg8", "--queue", "--seeds", "2", "--dry-run", "-S", "student.train.amp=true")
+    assert len(lines) == 2 * len(files(ROOT / "protocols/cifar100/vgg13-vgg8"))
+    dkd = [ln for ln in lines if " -n vgg13-vgg8-dkd-seed1 " in ln]
+    assert dkd and dkd[0].startswith("dvc exp run --queue -n vgg13-vgg8-dkd-seed1 -S 'data.name=\"cifar100\"'")
+    for part in ("-S methods.dkd.beta=6.0", "-S student.train.lr=0.05", "-S student.train.amp=true", "-S seed=1",
+                 "-S 'student.train.milestones=[150, 180, 210]'"):
+        assert part in dkd[0], part
+    with pytest.raises(KdlensError) as e:
+        run("protocols/cifar100/vgg13-vgg8/kd.yaml", "--dry-run", "-S", "student.train.epoch=3")
+    assert str(e.value) == ("protocols/cifar100/vgg13-vgg8/kd.yaml: student.train.epoch: not a key of params.yaml; "
+                            "check the spelling against params.yaml")
+
+
+def test_the_table_gives_mean_and_std_over_seeds_next_to_the_published_numbers():
+    def exp(name, best, last):
+        return {"rev": "abc", "name": name, "data": {"metrics": {"metrics/student.json": {"data": {
+            "best_test_top1": best, "test_top1": last}}}}}
+
+    shown = [{"rev": "workspace", "name": None, "data": {"metrics": {}}, "experiments": [
+        {"revs": [exp("vgg13-vgg8-kd-seed0", 73.0, 72.5)]}, {"revs": [exp("vgg13-vgg8-kd-seed1", 74.0, 73.5)]},
+        {"revs": [exp("resnet56-resnet20-dkd", 71.5, 71.0)]}, {"revs": [exp("my-sweep-3", 50.0, 50.0)]}]}]
+    lines = table.markdown(table.experiments(shown)).splitlines()
+    assert lines[2:] == ["| resnet56-resnet20 | dkd | 1 | 71.50 | 71.00 | 70.66 | 71.97 |",
+                         "| vgg13-vgg8 | kd | 2 | 73.50 ± 0.71 | 73.00 ± 0.71 | 72.98 | 74.68 |"]
