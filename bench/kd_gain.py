@@ -9,8 +9,9 @@ from the teacher, as the build_supervision stage does).
     python bench/kd_gain.py --seeds 3 [--methods kd,rkd | --methods all] [--teacher data/teacher/model.pt]
                             [--record bench/results/kd_gain.jsonl]
 
-Prints one line per seed and method, then a markdown table (mean ± std of top-1 and of the gain, whether
-the mean is at least the baseline's mean - 1 point, and the training-health flags of any seed). Last line:
+Prints one line per seed and method, then a markdown table (seeds, mean ± std of top-1 and of the gain
+over the same seed's baseline, whether the mean is at least the baseline's mean - 1 point, and the
+training-health flags of any seed). Last line:
 ``baseline <mean> ± <std> over <n> seeds (teacher <t>%); below baseline - 1: <methods or none>``.
 
 ``--record FILE`` makes a long benchmark resumable (all methods x 3 seeds is hours on a CPU): each run is
@@ -19,7 +20,8 @@ data, the student's architecture and schedule, the method's params, the seed and
 file's SHA-256, or its params when trained here). A later call reuses every run whose key is in FILE
 and trains only the rest, so changing one method's params re-runs that method alone. The key does not
 cover the code: each line records the commit it ran at (``git describe --dirty``); start a new FILE
-after a change to the training code.
+after a change to the training code. ``--recorded-only`` trains nothing and prints the table of what
+FILE holds so far (each method over the seeds it has).
 """
 from __future__ import annotations
 
@@ -102,7 +104,11 @@ def main() -> None:
     ap.add_argument("--methods", default=None, help="comma-separated, or all; defaults to params.yaml's method")
     ap.add_argument("--teacher", default=None, help="a trained model.pt; trained here if omitted")
     ap.add_argument("--record", default=None, help="a JSON-lines file of runs: reused, and appended to")
+    ap.add_argument("--recorded-only", action="store_true",
+                    help="train nothing: the table of the runs --record holds (a long benchmark's partial results)")
     args = ap.parse_args()
+    if args.recorded_only and not args.record:
+        sys.exit("kd_gain: --recorded-only reads the runs of --record FILE; pass it")
     p = load_params(args.params)
     chosen = method_list(args.methods, p.method)
     for m in chosen:
@@ -148,6 +154,9 @@ def main() -> None:
                                    "teacher": teacher_id if needs_teacher else None,
                                    **({"supervision": p.supervision.model_dump(mode="json")} if needs_sup else {})})
                 run, source = record.runs.get(key), "recorded"
+                if run is None and args.recorded_only:
+                    print(f"seed {seed}: {m} not recorded yet", flush=True)
+                    continue
                 if run is None:
                     trained = train_network(p.student.arch, p.student.train, seed, m, p.method_params(m), data,
                                             tmp / f"{m}-{seed}", teacher=the_teacher()[0] if needs_teacher else None,
@@ -162,25 +171,31 @@ def main() -> None:
                                    "commit": commit(), "date": time.strftime("%Y-%m-%d")}, "trained"
                     record.add(run)
                 runs[m].append(run)
-                gain = "" if m == "ce" else f"  gain {run['top1'] - runs['ce'][-1]['top1']:+.2f}"
+                base = next((r["top1"] for r in runs["ce"] if r["seed"] == seed), None)
+                gain = "" if m == "ce" or base is None else f"  gain {run['top1'] - base:+.2f}"
                 print(f"seed {seed}: {m} {run['top1']:.2f}%{gain}  ({source}, {run['commit']})", flush=True)
     t = next((r["teacher_top1"] for rs in runs.values() for r in rs if r["teacher_top1"] is not None), None)
     teacher_top1 = "not used" if t is None else f"{t:.2f}%"
-    base = [r["top1"] for r in runs.pop("ce")]
-    top1 = {m: [r["top1"] for r in rs] for m, rs in runs.items()}
-    floor = statistics.mean(base) - MARGIN
+    base = {r["seed"]: r["top1"] for r in runs.pop("ce")}
+    if not base:
+        sys.exit("kd_gain: no baseline (ce) run for any seed yet: nothing to compare with")
+    floor = statistics.mean(base.values()) - MARGIN
+    done = {m: rs for m, rs in runs.items() if rs}
+    top1 = {m: [r["top1"] for r in rs] for m, rs in done.items()}
     print(f"{p.data.name}: teacher {p.teacher.arch} {teacher_top1}, student {p.student.arch}, "
           f"{time.perf_counter() - t0:.0f} s\n")
-    print("| method | top-1 | gain over CE | mean ≥ baseline − 1 | health flags (any seed) |\n|---|---:|---:|---|---|")
-    print(f"| ce (baseline) | {mean_sd(base)} | | | |")
+    print("| method | seeds | top-1 | gain over CE | mean ≥ baseline − 1 | health flags (any seed) |\n"
+          "|---|---:|---:|---:|---|---|")
+    print(f"| ce (baseline) | {len(base)} | {mean_sd(list(base.values()))} | | | |")
     below = [m for m, accs in top1.items() if statistics.mean(accs) < floor]
     for m, accs in sorted(top1.items(), key=lambda kv: -statistics.mean(kv[1])):
-        flags = ", ".join(sorted({f for r in runs[m] for f in r["health"]})) or "none"
-        print(f"| {m} | {mean_sd(accs)} | {mean_sd([s - b for s, b in zip(accs, base)], signed=True)} | "
+        flags = ", ".join(sorted({f for r in done[m] for f in r["health"]})) or "none"
+        gains = [r["top1"] - base[r["seed"]] for r in done[m] if r["seed"] in base]
+        print(f"| {m} | {len(accs)} | {mean_sd(accs)} | {mean_sd(gains, signed=True) if gains else ''} | "
               f"{'no' if m in below else 'yes'} | {flags} |")
-    print(f"\nbaseline {mean_sd(base)} over {len(base)} seeds (teacher {teacher_top1}); "
-          f"below baseline - 1: {','.join(below) or 'none'}")
-
+    missing = [m for m, rs in runs.items() if not rs]
+    print(f"\nbaseline {mean_sd(list(base.values()))} over {len(base)} seeds (teacher {teacher_top1}); "
+          f"below baseline - 1: {','.join(below) or 'none'}" + (f"; not run yet: {','.join(missing)}" if missing else ""))
 
 if __name__ == "__main__":
     main()

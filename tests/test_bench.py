@@ -29,7 +29,7 @@ def test_kd_gain_reports_mean_and_std_over_seeds_and_resumes_from_its_record(tmp
     out = _bench(*args, whole=True)
     rows = {line.split(" | ")[0].strip("| "): line for line in out if line.startswith("| ")}
     assert {"kd", "rkd", "ce (baseline)"} <= set(rows), out
-    assert re.search(r"\| \d+\.\d\d ± \d+\.\d\d \| [+-]\d+\.\d\d ± \d+\.\d\d \| (yes|no) \| [a-z_, ]+ \|$",
+    assert re.search(r"\| 2 \| \d+\.\d\d ± \d+\.\d\d \| [+-]\d+\.\d\d ± \d+\.\d\d \| (yes|no) \| [a-z_, ]+ \|$",
                      rows["rkd"])
     assert re.fullmatch(r"baseline [\d.]+ ± [\d.]+ over 2 seeds \(teacher [\d.]+%\); below baseline - 1: "
                         r"(none|(kd|rkd)(,(kd|rkd))?)", out[-1]), out[-1]
@@ -38,6 +38,10 @@ def test_kd_gain_reports_mean_and_std_over_seeds_and_resumes_from_its_record(tmp
     again = _bench(*args, whole=True)
     assert sum("(recorded" in line for line in again) == 6 and "(trained" not in "".join(again), again
     assert [line for line in again if line.startswith("|")] == [line for line in out if line.startswith("|")]
+    # --recorded-only trains nothing: the table of what the record holds, the rest named.
+    partial = _bench(*args[:-4], "--methods", "kd,at", "--record", str(record), "--recorded-only", whole=True)
+    assert "(trained" not in "".join(partial) and "seed 1: at not recorded yet" in partial, partial
+    assert partial[-1].endswith("; not run yet: at") and any(line.startswith("| kd | 2 | ") for line in partial)
     record.write_text(record.read_text() + "not json\n")
     bad = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and f"{record} line 7 is not a run record" in bad.stderr, bad.stderr[-500:]

@@ -26,6 +26,17 @@ def test_a_term_far_above_the_labels_for_several_epochs_is_flagged_with_its_sect
     assert "methods.rkd" in flags[0]["message"]
 
 
+def test_a_term_that_only_dominates_once_the_labels_are_fit_is_not_flagged():
+    """dkd-like: the labels' CE falls below half of ln 10 by epoch 4, and only then does the term pass 10x."""
+    records = _records(ce=1.0, dkd=[2.0, 4.0, 8.0, 12.0, 14.0, 16.0, 18.0, 20.0, 20.0, 20.0])
+    for r, ce in zip(records, [2.3, 1.9, 1.4, 1.0, 0.8, 0.6, 0.5, 0.4, 0.4, 0.4]):
+        r["train/ce"] = ce
+    assert health(records, 10, "methods.dkd") == []
+    for r in records:
+        r["train/ce"] = 2.0  # the same norms while the labels stay unlearnt: flagged
+    assert [f["epochs"] for f in health(records, 10, "methods.dkd") if f["kind"] == "dominant_term"] == [[4, 10]]
+
+
 def test_a_method_that_down_weights_the_labels_is_judged_against_them_at_weight_one():
     """kd's default (ce_weight 0.1): its term at 55x the *weighted* CE is 5.5x the labels' own pull."""
     assert health(_records(ce=1.0, kd=55.0), 10, "methods.kd", ce_weight=0.1) == []
