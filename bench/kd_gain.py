@@ -6,7 +6,7 @@ the teacher once (or loads ``--teacher``), then for each student seed trains the
 and every method's student from the same initial weights (the letKD methods' supervision is built once
 from the teacher, as the build_supervision stage does).
 
-    python bench/kd_gain.py --seeds 3 [--methods kd,rkd | --methods all] [--teacher data/teacher/model.pt]
+    python bench/kd_gain.py --seeds 3 [--methods kd,rkd | --methods all,ls] [--teacher data/teacher/model.pt]
                             [--record bench/results/kd_gain.jsonl]
 
 Prints one line per seed and method, then a markdown table (seeds, mean ± std of top-1 and of the gain
@@ -91,10 +91,13 @@ def commit() -> str:
 
 
 def method_list(arg: str | None, default: str) -> list[str]:
-    """``all`` = every registered method that needs a teacher (the baselines ce and ls are not KD)."""
-    if arg == "all":
-        return [m for m in methods.names() if methods.get(m).needs_teacher]
-    return arg.split(",") if arg else [default]
+    """Comma-separated names; ``all`` stands for every registered method that needs a teacher (the
+    baselines ce and ls are not KD: ``all,ls`` adds label smoothing)."""
+    if not arg:
+        return [default]
+    names = [m for token in arg.split(",")
+             for m in ([m for m in methods.names() if methods.get(m).needs_teacher] if token == "all" else [token])]
+    return list(dict.fromkeys(n for n in names if n != "ce"))  # ce is always the baseline, trained first
 
 
 def main() -> None:
