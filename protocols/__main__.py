@@ -3,9 +3,10 @@
     python -m protocols protocols/cifar100/resnet56-resnet20/kd.yaml      # one run, in the workspace
     python -m protocols protocols/cifar100/resnet56-resnet20 --queue      # a row of the table, queued
     python -m protocols protocols/cifar100 --queue --seeds 3              # the whole table, 3 seeds each
+    ... --target distill                                                  # only up to the student (no σ, no report)
     ... [--dry-run] [-S key=value ...]                                    # print only; extra overrides
 
-Each file becomes ``dvc exp run [--queue] -n <pair>-<method>[-seed<k>] -S key=value ...``. Every file
+Each file becomes ``dvc exp run [--queue] [TARGET] -n <pair>-<method>[-seed<k>] -S key=value ...``. Every file
 is validated (merged onto params.yaml, as check_params validates it) before the first experiment starts,
 so a bad file stops the lot in one line naming it.
 """
@@ -64,9 +65,9 @@ def overrides(pairs: list[str]) -> dict:
     return out
 
 
-def command(name: str, sets: dict, queue: bool) -> list[str]:
+def command(name: str, sets: dict, queue: bool, target: str | None) -> list[str]:
     # JSON is YAML, as DVC reads each -S value: strings stay strings, lists stay lists.
-    return ["dvc", "exp", "run", *(["--queue"] if queue else []), "-n", name,
+    return ["dvc", "exp", "run", *(["--queue"] if queue else []), *([target] if target else []), "-n", name,
             *(arg for k, v in sets.items() for arg in ("-S", f"{k}={json.dumps(v)}"))]
 
 
@@ -75,6 +76,8 @@ def main() -> None:
     ap.add_argument("paths", nargs="+", type=Path, help="protocol files, or directories of them")
     ap.add_argument("--queue", action="store_true", help="queue the experiments (then: dvc queue start)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 of each (default: params.yaml's)")
+    ap.add_argument("--target", default=None, help="run the pipeline only up to this stage (e.g. distill: the "
+                    "published numbers need neither the baseline, the σ maps nor the report)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     ap.add_argument("-S", dest="sets", action="append", default=[], help="an extra key=value for every run")
     args = ap.parse_args()
@@ -89,7 +92,7 @@ def main() -> None:
             p = parse_params(merged(params, run, str(path)), str(path), every_method=False)
             p.method_params()
             name = f"{path.parent.name}-{path.stem}" + (f"-seed{seed}" if seed is not None else "")
-            runs.append(command(name, run, args.queue))
+            runs.append(command(name, run, args.queue, args.target))
     for cmd in runs:
         print(shlex.join(cmd), flush=True)
         if not args.dry_run and subprocess.run(cmd).returncode != 0:

@@ -387,9 +387,9 @@ def test_protocol_imports_the_teacher_and_evaluate_reads_every_file(repo, tmp_pa
     ckpt.parent.mkdir(parents=True)
     save_reference(randomised(ARCHS["resnet56"](100), seed=3), ckpt)
     out = _run(repo, sys.executable, "-m", "protocols", "protocols/cifar100/resnet56-resnet20/kd.yaml",
-               "-S", "student.train.epochs=1", "-S", "student.train.milestones=[]", "-S", "student.train.keep_epochs=[0, 1]",
+               "--target", "distill", "-S", "student.train.epochs=1", "-S", "student.train.milestones=[]", "-S", "student.train.keep_epochs=[0, 1]",
                "-S", "student.train.batch_size=32", "-S", "supervision.k=8", env=env)
-    assert out.stdout.startswith("dvc exp run -n resnet56-resnet20-kd -S 'data.name=\"cifar100\"'"), out.stdout[:300]
+    assert out.stdout.startswith("dvc exp run distill -n resnet56-resnet20-kd -S 'data.name=\"cifar100\"'"), out.stdout[:300]
     assert "resnet56-resnet20-kd" in _run(repo, "dvc", "exp", "list", "--name-only").stdout
     rows = _run(repo, sys.executable, "-m", "protocols.table").stdout.splitlines()
     assert any(r.startswith("| resnet56-resnet20 | kd | 1 | ") and r.endswith(" | 70.66 | 71.97 |") for r in rows), rows

@@ -71,10 +71,11 @@ def test_the_runner_prints_the_dvc_commands_and_refuses_a_bad_key(monkeypatch, c
         return capsys.readouterr().out.splitlines()
 
     monkeypatch.chdir(ROOT)
-    lines = run("protocols/cifar100/vgg13-vgg8", "--queue", "--seeds", "2", "--dry-run", "-S", "student.train.amp=true")
+    lines = run("protocols/cifar100/vgg13-vgg8", "--queue", "--seeds", "2", "--target", "distill", "--dry-run", "-S",
+                "student.train.amp=true")
     assert len(lines) == 2 * len(files(ROOT / "protocols/cifar100/vgg13-vgg8"))
     dkd = [ln for ln in lines if " -n vgg13-vgg8-dkd-seed1 " in ln]
-    assert dkd and dkd[0].startswith("dvc exp run --queue -n vgg13-vgg8-dkd-seed1 -S 'data.name=\"cifar100\"'")
+    assert dkd and dkd[0].startswith("dvc exp run --queue distill -n vgg13-vgg8-dkd-seed1 -S 'data.name=\"cifar100\"'")
     for part in ("-S methods.dkd.beta=6.0", "-S student.train.lr=0.05", "-S student.train.amp=true", "-S seed=1",
                  "-S 'student.train.milestones=[150, 180, 210]'"):
         assert part in dkd[0], part
