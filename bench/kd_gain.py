@@ -55,8 +55,9 @@ MARGIN = 1.0  # points below the baseline's mean that a method's mean may fall b
 
 
 def mean_sd(values: list[float], signed: bool = False) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):{'+' if signed else ''}.2f} ± {sd:.2f}"
+    """``mean ± std``; one value alone, without a spread it does not have."""
+    mean = f"{statistics.mean(values):{'+' if signed else ''}.2f}"
+    return f"{mean} ± {statistics.stdev(values):.2f}" if len(values) > 1 else mean
 
 
 class Record:
