@@ -372,11 +372,12 @@ def _tiny_cifar100(root: Path, hooks: Path) -> dict:
     return {"PYTHONPATH": str(hooks), "KDLENS_TINY_CIFAR100_MD5": json.dumps(md5)}
 
 
-def test_protocol_imports_the_teacher_and_evaluate_reads_every_file(repo, tmp_path):
+def test_protocol_imports_the_teacher_and_evaluate_reads_every_file(repo, tmp_path, monkeypatch, capsys):
     """A published protocol (python -m protocols FILE) runs as a DVC experiment on tiny CIFAR-100 files in
     the real format, one epoch, with the pair's teacher imported from a reference-layout checkpoint in
     teachers/: its metrics name the file's SHA-256 and layout. stages.evaluate reads the imported file, a
     model.pt and a kept epoch alike. A file that does not fit stops check_params in one line."""
+    import stages.evaluate
     from core.files import sha256_file
     from models.imported import REFERENCE
     from reference_layouts import ARCHS, randomised, save_reference
@@ -390,7 +391,6 @@ def test_protocol_imports_the_teacher_and_evaluate_reads_every_file(repo, tmp_pa
                "--target", "distill", "-S", "student.train.epochs=1", "-S", "student.train.milestones=[]", "-S", "student.train.keep_epochs=[0, 1]",
                "-S", "student.train.batch_size=32", "-S", "supervision.k=8", env=env)
     assert out.stdout.startswith("dvc exp run distill -n resnet56-resnet20-kd -S 'data.name=\"cifar100\"'"), out.stdout[:300]
-    assert "resnet56-resnet20-kd" in _run(repo, "dvc", "exp", "list", "--name-only").stdout
     rows = _run(repo, sys.executable, "-m", "protocols.table").stdout.splitlines()
     assert any(r.startswith("| resnet56-resnet20 | kd | 1 | ") and r.endswith(" | 70.66 | 71.97 |") for r in rows), rows
     data, teacher = (json.loads((repo / f"metrics/{r}.json").read_text()) for r in ("data", "teacher"))
@@ -402,13 +402,19 @@ def test_protocol_imports_the_teacher_and_evaluate_reads_every_file(repo, tmp_pa
     run = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").get_run(teacher["mlflow_run_id"])
     assert run.data.tags["kdlens.teacher_source"] == f"imported ({REFERENCE})"
 
-    evaluate = (sys.executable, "-m", "stages.evaluate")
-    ev = json.loads(_run(repo, *evaluate, str(ckpt.relative_to(repo)), "--arch", "resnet56", "--json", env=env).stdout)
+    def evaluate(*args) -> str:  # in this process: the command's imports are already loaded here
+        monkeypatch.setattr(sys, "argv", ["evaluate", *args])
+        stages.evaluate.main()
+        return capsys.readouterr().out
+
+    monkeypatch.chdir(repo)
+    capsys.readouterr()
+    ev = json.loads(evaluate(str(ckpt.relative_to(repo)), "--arch", "resnet56", "--json"))
     assert (ev["layout"], ev["top1"], len(ev["per_class_top1"])) == (REFERENCE, teacher["test_top1"], 100), ev
     assert 0 <= ev["ece"] <= 100
-    again = json.loads(_run(repo, *evaluate, "data/teacher/model.pt", "--json").stdout)
+    again = json.loads(evaluate("data/teacher/model.pt", "--json"))
     assert (again["layout"], again["top1"], again["ece"]) == ("kdlens model.pt", ev["top1"], pytest.approx(ev["ece"]))
-    line = _run(repo, *evaluate, "data/student/checkpoints/epoch_001.pt").stdout
+    line = evaluate("data/student/checkpoints/epoch_001.pt")
     assert "kept epoch 1 of data/student/model.pt" in line and f"top-1 {student['test_top1']:.2f}%" in line, line
 
     save_reference(randomised(ARCHS["resnet20"](100), seed=0), ckpt)  # another arch's file in its place
