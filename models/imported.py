@@ -100,10 +100,16 @@ def candidates(weights: dict, arch: str) -> list[tuple[str, dict]]:
     return readings
 
 
+def expected_state(arch: str, num_classes: int) -> dict:
+    """``arch``'s state dict as shapes only (meta tensors: no memory, no initialisation); an unknown arch
+    fails here, naming the choices."""
+    with torch.device("meta"):
+        return registry.create(arch, num_classes).state_dict()
+
+
 def fitting(arch: str, weights: dict, num_classes: int) -> tuple[str, dict] | None:
     """(layout, renamed weights) of the first reading that fits ``arch`` exactly; None if none does."""
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        expected = registry.create(arch, num_classes).state_dict()
+    expected = expected_state(arch, num_classes)
     return next(((layout, w) for layout, w in candidates(weights, arch) if misfit(expected, w) is None), None)
 
 
@@ -129,9 +135,7 @@ def _fit(arch: str, weights: dict, num_classes: int, path: Path) -> tuple[str, d
     found = fitting(arch, weights, num_classes)
     if found is not None:
         return found
-    with torch.device("meta"):
-        expected = registry.create(arch, num_classes).state_dict()
-    problem = misfit(expected, candidates(weights, arch)[-1][1])
+    problem = misfit(expected_state(arch, num_classes), candidates(weights, arch)[-1][1])
     other = other_fit(arch, weights, num_classes)
     hint = f"; its keys fit {other}: set the arch to {other}" if other else "; check the arch and the class count"
     raise CheckpointMismatch(f"{path}: does not fit {arch} with {num_classes} classes: {problem}{hint}")
@@ -154,7 +158,7 @@ def check_checkpoint(arch: str, path: str | Path, num_classes: int | None = None
 def import_checkpoint(arch: str, path: str | Path, num_classes: int) -> tuple[Classifier, str]:
     """(network on the CPU in eval mode, the file's layout). Raises ``CheckpointMismatch`` in one line."""
     path = Path(path)
-    registry.create(arch, num_classes)  # an unknown arch fails first, naming the choices
+    expected_state(arch, num_classes)  # an unknown arch fails first, before the file is read
     state = checkpoint.load(path)
     if _kdlens_file(state, arch, num_classes, path):
         return load_model(path, torch.device("cpu")).eval(), KDLENS

@@ -46,9 +46,8 @@ def _project_files():
     return [f for f in listed if (not f.startswith(skip) or f == shipped) and (ROOT / f).is_file()]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("kdlens")
+def tiny_project(repo: Path) -> Path:
+    """The project's files in ``repo`` with the tiny params.yaml, committed (``dvc exp run`` needs a commit)."""
     for f in _project_files():
         (repo / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, repo / f)
@@ -57,6 +56,11 @@ def repo(tmp_path_factory):
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-qm", "tiny kdlens")
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return tiny_project(tmp_path_factory.mktemp("kdlens"))
 
 
 def _runs(repo):

@@ -7,25 +7,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 
-from conftest import ROOT, tiny_params
-from test_pipeline import _project_files, _run
+from test_pipeline import _run, tiny_project
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    import shutil
-
-    repo = tmp_path_factory.mktemp("kdlens_protocol")
-    for f in _project_files():
-        (repo / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, repo / f)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    _run(repo, "git", "init", "-q")
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-qm", "tiny kdlens")
-    return repo
+    return tiny_project(tmp_path_factory.mktemp("kdlens_protocol"))
 
 
 SITECUSTOMIZE = """\
