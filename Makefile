@@ -20,8 +20,9 @@ install: $(STAMP)
 repro: install
 	$(BIN)/dvc repro
 
+# Whole files per worker (a pipeline file's tests share one project), the costliest first (tests/conftest.py).
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # The MLflow UI for this project's tracking store, on 127.0.0.1 only.
 ui: install

@@ -13,6 +13,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cost(seconds): about how long the whole file takes under `make test` on "
+                                       "2 CPU cores (a module's pytestmark); the costliest files start first")
+
+
+def pytest_collection_modifyitems(items):
+    """Costliest files first. `make test` hands whole files to its two workers in collection order
+    (``--dist loadfile --no-loadscope-reorder``), each taking the next file when it is nearly done: a
+    minutes-long pipeline file collected late would leave one worker idle while the other finishes it."""
+    def cost(item):
+        marker = item.get_closest_marker("cost")
+        return marker.args[0] if marker else 0
+    items[:] = sorted(items, key=lambda item: -cost(item))  # stable: a file's tests stay together, in order
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One torch thread in the test process: the tests' networks are tiny, and two threads on a shared

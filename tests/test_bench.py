@@ -8,9 +8,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import ROOT, tiny_params
+
+pytestmark = pytest.mark.cost(50)
 
 
 def _bench(*args, cwd=ROOT, whole=False):
@@ -48,10 +51,15 @@ def test_kd_gain_reports_mean_and_std_over_seeds_and_resumes_from_its_record(tmp
     assert len(record.read_text().splitlines()) == 7  # the record is left as it was
 
 
-def test_methods_prints_the_slowest_method():
-    last = _bench(str(ROOT / "bench/methods.py"), "--pair", "resnet20,resnet8", "--batch", "8", "--steps", "2",
-                  "--methods", "kd,at")
-    assert re.fullmatch(r"slowest (kd|at) \(resnet20->resnet8\) \d+\.\d\dx", last), last
+def test_methods_prints_the_slowest_method_and_each_methods_hours_per_run():
+    lines = _bench(str(ROOT / "bench/methods.py"), "--pair", "resnet20,resnet8", "--batch", "8", "--steps", "2",
+                   "--methods", "kd,at", whole=True)
+    assert re.fullmatch(r"slowest (kd|at) \(resnet20->resnet8\) \d+\.\d\dx", lines[-1]), lines[-1]
+    ce_ms = float(re.search(r"ce step (\d+\.\d) ms", "\n".join(lines))[1])
+    (kd,) = [line.split() for line in lines if line.startswith("kd ")]
+    ratio, hours = float(kd[1].rstrip("x")), float(kd[-1])
+    steps = 240 * 6250  # the default --epochs of 50,000 images at batch 8
+    assert hours == pytest.approx(ratio * ce_ms / 1000 * steps / 3600, rel=0.05), kd
 
 
 def test_sigma_prints_speedup_and_map_difference():

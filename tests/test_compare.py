@@ -1,4 +1,4 @@
-"""explain.compare's verdicts on hand-built arms (the MLflow side is in tests/test_pipeline_ltb.py)."""
+"""explain.compare's verdicts on hand-built arms (the MLflow side is in tests/test_pipeline_students.py)."""
 from explain.compare import Arm, ltb_verdicts, markdown, vam_verdicts
 
 

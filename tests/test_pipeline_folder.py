@@ -3,9 +3,12 @@ with a few bad files and masks for some images, in a temporary git repo (tiny pr
 import json
 
 import mlflow
+import pytest
 
 from test_data_folder import add_bad_files, write_folder
 from test_pipeline import STAGES, _run, repo  # noqa: F401  (repo: the module-scoped tiny project fixture)
+
+pytestmark = pytest.mark.cost(95)
 
 ROOT = "mydata"
 

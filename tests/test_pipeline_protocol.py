@@ -10,6 +10,8 @@ import pytest
 
 from test_pipeline import _run, tiny_project
 
+pytestmark = pytest.mark.cost(60)
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
