@@ -19,8 +19,9 @@ appended to FILE as one JSON line the moment it ends, keyed by a hash of everyth
 data, the student's architecture and schedule, the method's params, the seed and the teacher: the
 file's SHA-256, or its params when trained here). A later call reuses every run whose key is in FILE
 and trains only the rest, so changing one method's params re-runs that method alone. The key does not
-cover the code: each line records the commit it ran at (``git describe --dirty``); start a new FILE
-after a change to the training code. ``--recorded-only`` trains nothing and prints the table of what
+cover the code: each line records the commit it ran at (``git describe``, ``-dirty`` if a tracked file
+other than FILE differs) and its torch thread count (the float summation order, so the last digits of a
+run, depend on it); start a new FILE after a change to the training code. ``--recorded-only`` trains nothing and prints the table of what
 FILE holds so far (each method over the seeds it has).
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -83,10 +86,19 @@ class Record:
                 f.write(json.dumps(run) + "\n")
 
 
-def commit() -> str:
+def commit(record: Path | None) -> str:
+    """The code's commit (``git describe``), with ``-dirty`` when a tracked file other than the record
+    itself differs from it (the record is written to while the benchmark runs)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=root, check=True).stdout.strip()
+
     try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        inside = record is not None and record.resolve().is_relative_to(root)
+        exclude = [f":(exclude){record.resolve().relative_to(root)}"] if inside else []
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", *exclude)
+        return git("describe", "--always") + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -172,7 +184,8 @@ def main() -> None:
                                    "top1": trained.result.final["test/top1"],
                                    "health": sorted({f["kind"] for f in flags}),
                                    "teacher_top1": the_teacher()[1] if needs_teacher else None,
-                                   "commit": commit(), "date": time.strftime("%Y-%m-%d")}, "trained"
+                                   "threads": torch.get_num_threads(), "commit": commit(record.path),
+                                   "date": time.strftime("%Y-%m-%d")}, "trained"
                     record.add(run)
                 runs[m].append(run)
                 base = next((r["top1"] for r in runs["ce"] if r["seed"] == seed), None)

@@ -3,6 +3,7 @@
 They are not timed here (their ratios are measured by hand on a quiet machine, README "Tests and
 benchmarks"); this only keeps them working as the library they call changes.
 """
+import json
 import os
 import re
 import subprocess
@@ -37,6 +38,7 @@ def test_kd_gain_reports_mean_and_std_over_seeds_and_resumes_from_its_record(tmp
     assert re.fullmatch(r"baseline [\d.]+ ± [\d.]+ over 2 seeds \(teacher [\d.]+%\); below baseline - 1: "
                         r"(none|(kd|rkd)(,(kd|rkd))?)", out[-1]), out[-1]
     assert len(record.read_text().splitlines()) == 6  # ce, kd, rkd for each seed, written as each ended
+    assert all(json.loads(line)["threads"] == 1 for line in record.read_text().splitlines())  # OMP_NUM_THREADS
     # A second call trains nothing (not even the teacher) and prints the same table from the record.
     again = _bench(*args, whole=True)
     assert sum("(recorded" in line for line in again) == 6 and "(trained" not in "".join(again), again
