@@ -21,8 +21,8 @@ file's SHA-256, or its params when trained here). A later call reuses every run 
 and trains only the rest, so changing one method's params re-runs that method alone. The key does not
 cover the code: each line records the commit it ran at (``git describe``, ``-dirty`` if a tracked file
 other than FILE differs) and its torch thread count (the float summation order, so the last digits of a
-run, depend on it); start a new FILE after a change to the training code. ``--recorded-only`` trains nothing and prints the table of what
-FILE holds so far (each method over the seeds it has).
+run, depend on it); start a new FILE after a change to the training code. ``--recorded-only`` trains
+nothing and prints the table of what FILE holds so far (each method over the seeds it has).
 """
 from __future__ import annotations
 

@@ -53,7 +53,8 @@ def test_training_near_chance_after_the_first_epochs_is_flagged():
     assert [(f["kind"], f["epochs"]) for f in flags] == [("near_chance", [3, 10])]
     assert "near chance (10.0% for 10 classes)" in flags[0]["message"]
     assert health(_records(top1=16.0), 10, "methods.rkd") == []  # above 1.5x chance: learning
-    slow_start = [{**r, "train/top1": 14.1 if r["epoch"] == 3 else 40.0} for r in _records(top1=13.0)]
+    slow_start = _records(top1=40.0)
+    slow_start[2]["train/top1"] = 14.1  # epoch 3
     assert [f["kind"] for f in health(slow_start, 10, "methods.rkd")] == []  # one epoch at the threshold
     slow_start[3]["train/top1"] = 14.9  # ... and the next: a stretch of two
     assert [(f["kind"], f["epochs"]) for f in health(slow_start, 10, "methods.rkd")] == [("near_chance", [3, 4])]
