@@ -86,9 +86,9 @@ def analysed_layer(model, tap: str, index: int) -> str:
     ``stem``, the classifier for ``logits``."""
     names = WeightDistance(model).names
     if tap == "logits":
-        prefix = "classifier."
+        prefix = model.head_prefix()
     elif tap == "stem":
-        prefix = "stem."
+        prefix = model.stem_prefix()
     else:
         idx = -1 if tap == "pooled" else index
         prefix = model.stage_prefix(idx)

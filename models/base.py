@@ -107,6 +107,16 @@ class Classifier(nn.Module):
         """The parameter-name prefix of the modules that compute ``Features.stages[index]``."""
         return f"stages.{index % len(self.stages)}."
 
+    def stem_prefix(self) -> str:
+        """The parameter-name prefix of the modules that compute ``Features.stem``."""
+        return "stem."
+
+    def head_prefix(self) -> str:
+        """The parameter-name prefix of the head ``classifier``: ``classifier.`` for kdlens's families,
+        torchvision's own name for its models (``fc.``, ``classifier.1.``)."""
+        weight = self.classifier.weight
+        return next(name for name, p in self.named_parameters() if p is weight).removesuffix("weight")
+
     def freeze_structure(self, like: "Classifier | None" = None) -> None:
         """(``learns_structure``) Keep the structure learned in stage 1 (or ``like``'s) from now on."""
         raise NotImplementedError(f"{type(self).__name__} learns no structure")

@@ -150,9 +150,17 @@ def check_checkpoint(arch: str, path: str | Path, num_classes: int | None = None
         return KDLENS
     weights = state_dict_of(state, path)
     if num_classes is None:
-        heads = [w["classifier.weight"] for _, w in candidates(weights, arch) if "classifier.weight" in w]
+        key = head_key(arch)
+        heads = [w[key] for _, w in candidates(weights, arch) if key in w]
         num_classes = int(heads[0].shape[0]) if heads else 1
     return _fit(arch, weights, num_classes, path)[0]
+
+
+def head_key(arch: str) -> str:
+    """The state-dict key of ``arch``'s head weight: ``classifier.weight`` for kdlens's own families, the
+    torchvision name for torchvision's models (``fc.weight``, ``classifier.1.weight``)."""
+    with torch.device("meta"):
+        return registry.create(arch, 1).head_prefix() + "weight"
 
 
 def import_checkpoint(arch: str, path: str | Path, num_classes: int) -> tuple[Classifier, str]:

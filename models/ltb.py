@@ -181,6 +181,10 @@ class LTB(Classifier):
         analysed layer: the last conv under it, i.e. the level's last expert)."""
         return f"level{index % 3 + 1}."
 
+    def head_prefix(self) -> str:
+        """Its per-class MLP heads stand where a ``classifier`` would."""
+        return "heads."
+
     def freeze_structure(self, like: "LTB | None" = None) -> None:
         """Stage 2: route along the argmax tree from now on and stop learning the routing matrices.
         ``like``: take that net's routing (tree) first, e.g. the CE arm's stage 1."""

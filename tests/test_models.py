@@ -14,6 +14,7 @@ from torch import nn
 
 import models
 from models.base import count_parameters
+from test_models_imagenet import EXPECTED as IMAGENET  # the ImageNet models, tested there
 
 NUM_CLASSES = 100
 
@@ -92,7 +93,7 @@ TREE_STUDENTS = {"ltb", "ltb_w16"}  # KDExplainer's learn-to-branch students: te
 
 
 def test_every_expected_model_is_registered():
-    assert set(models.names()) == set(EXPECTED) | TREE_STUDENTS
+    assert set(models.names()) == set(EXPECTED) | TREE_STUDENTS | set(IMAGENET)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
