@@ -49,6 +49,7 @@ from .store import SPLITS, Split
 IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 BOX_HEADER = ["path", "x0", "y0", "x1", "y1"]
 NAMED = 10  # skipped files named in the card (all are counted)
+FOLDER_DIRS = {"train": "train", "test": "test"}  # each split's folder under data.root
 WORKERS = min(8, os.cpu_count() or 1)
 
 Box = tuple[float, float, float, float]
@@ -73,21 +74,22 @@ def _outside(path: Path, root: Path) -> str | None:
     return None if target.is_relative_to(root.resolve()) else f"{path}: a symlink to {target}, outside data.root"
 
 
-def scan(root: Path) -> tuple[list[str], dict[str, list[Item]], list[str]]:
+def scan(root: Path, dirs: dict[str, str] = FOLDER_DIRS, name: str = "folder"
+         ) -> tuple[list[str], dict[str, list[Item]], list[str]]:
     """The class names, every image file per split, and the class folders skipped as links outside
-    ``root``; the folder's structure is checked here."""
+    ``root``; the folder's structure is checked here. ``dirs``: each split's folder under ``root``."""
     if not root.is_dir():
-        raise KdlensError(f"data.root: {root} is not a directory; data.name: folder reads "
-                          f"{root}/train/<class>/* and {root}/test/<class>/*")
+        raise KdlensError(f"data.root: {root} is not a directory; data.name: {name} reads "
+                          f"{root}/{dirs['train']}/<class>/* and {root}/{dirs['test']}/<class>/*")
     names, skipped = {}, []
     for split in SPLITS:
-        if not (root / split).is_dir():
-            raise KdlensError(f"data.root: {root / split} is missing; put each class's images in "
-                              f"{root / split}/<class>/")
-        if why := _outside(root / split, root):
+        folder = root / dirs[split]
+        if not folder.is_dir():
+            raise KdlensError(f"data.root: {folder} is missing; put each class's images in {folder}/<class>/")
+        if why := _outside(folder, root):
             raise KdlensError(f"{why}; a split must lie inside data.root, so point data.root at the real folder")
         names[split] = []
-        for d in sorted((root / split).iterdir()):
+        for d in sorted(folder.iterdir()):
             if d.is_dir() and not d.name.startswith("."):
                 # rglob walks the folder it starts from even when that is a link, so check the class folder
                 # here; it does not descend into symlinked folders below it.
@@ -97,19 +99,19 @@ def scan(root: Path) -> tuple[list[str], dict[str, list[Item]], list[str]]:
                     names[split].append(d.name)
     # Name the skipped links where they explain the error: a skipped class folder looks like a missing one.
     links = f" (skipped: {'; '.join(skipped)})" if skipped else ""
+    train_dir, test_dir = root / dirs["train"], root / dirs["test"]
     if not names["train"]:
-        raise KdlensError(f"{root / 'train'}: no class folders; put each class's images in {root / 'train'}/<class>/"
-                          f"{links}")
+        raise KdlensError(f"{train_dir}: no class folders; put each class's images in {train_dir}/<class>/{links}")
     if names["train"] != names["test"]:
         only = {s: sorted(set(names[s]) - set(names[o])) for s, o in (("train", "test"), ("test", "train"))}
-        raise KdlensError(f"{root / 'test'}: classes differ from {root / 'train'} (only in train: "
+        raise KdlensError(f"{test_dir}: classes differ from {train_dir} (only in train: "
                           f"{', '.join(only['train']) or '-'}; only in test: {', '.join(only['test']) or '-'}); "
                           f"give both splits the same class folders{links}")
     items = {}
     for split in SPLITS:
         items[split] = []
         for label, name in enumerate(names["train"]):
-            folder = root / split / name
+            folder = root / dirs[split] / name
             found = [f for f in _files(folder) if f.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 raise KdlensError(f"{folder}: empty class folder (no {'/'.join(IMAGE_SUFFIXES)} file); add images "

@@ -1,10 +1,12 @@
-"""In-memory batch loading with augmentation that is a pure function of (seed, epoch, sample index).
+"""Batch loading with augmentation that is a pure function of (seed, epoch, sample index).
 
-Prepared datasets are small uint8 arrays, so batches are sliced from one tensor on the training device
-instead of going through worker processes. Every random choice for an epoch (the order and each
+``BatchLoader`` is what every loader shares: the epoch's order and each rank's share of a batch. Small
+prepared datasets (``Loader``) are uint8 arrays, so batches are sliced from one tensor on the training
+device instead of going through worker processes; every random choice for an epoch (the order and each
 sample's crop offset and flip) is drawn once from a generator seeded by (seed, epoch), indexed by the
-sample's position in the dataset: every student of a sweep sees the same views, and a resumed run
-sees exactly what an uninterrupted one would have.
+sample's position in the dataset. Splits streamed from disk (dataset/stream.py) take the same order and
+draw each view from (seed, epoch, index). Either way every student of a sweep sees the same views, and a
+resumed run sees exactly what an uninterrupted one would have.
 """
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Sampler
 
 from .store import Split
+from .stream import ImageViews, StreamSplit
 
 PAD = 4  # reflect-free zero padding of the standard CIFAR crop+flip augmentation
 
@@ -58,13 +62,15 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
     return out.permute(0, 3, 1, 2)
 
 
-class Loader:
-    """Batches of (normalised float images, labels, dataset indices) for one split."""
+class BatchLoader:
+    """What every loader of a split shares: the epoch's batches of sample indices (the order of
+    ``epoch_plan``, each rank's share of a batch) and the normalisation, done on the training device on
+    uint8 images (a quarter of float32's bytes to move). Subclasses say where the pixels come from."""
 
-    def __init__(self, split: Split, mean, std, batch_size: int, device: torch.device,
-                 augment: bool = False, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
-        self.images = torch.from_numpy(split.images).to(device)
-        self.labels = torch.from_numpy(split.labels).to(device)
+    def __init__(self, labels: np.ndarray, mean, std, batch_size: int, device: torch.device, augment: bool,
+                 shuffle: bool, seed: int, drop_last: bool):
+        self.labels = torch.from_numpy(labels).to(device)
+        self.device = device
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0
         self.batch_size, self.augment, self.shuffle, self.seed = batch_size, augment, shuffle, seed
@@ -81,16 +87,85 @@ class Loader:
     def normalise(self, images_uint8: torch.Tensor) -> torch.Tensor:
         return (images_uint8.float() - self.mean) / self.std
 
+    def plan(self, epoch: int) -> EpochPlan:
+        return epoch_plan(len(self.labels), self.seed, epoch, self.augment, self.shuffle)
+
+    def share(self, plan: EpochPlan, step: int, rank: int, ranks: int) -> torch.Tensor:
+        """Batch ``step``'s sample indices for ``rank``: every ``ranks``-th sample of the global batch from
+        position ``rank`` on, so the ranks' shares of a step are disjoint and make up exactly the batch one
+        process gets (same samples, same views)."""
+        return plan.order[step * self.batch_size:(step + 1) * self.batch_size][rank::ranks]
+
     def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """The epoch's batches; with ``ranks`` > 1, this rank's share of each: every ``ranks``-th sample of
-        the global batch from position ``rank`` on, so the ranks' shares of a step are disjoint and make up
-        exactly the batch one process gets (same samples, same views)."""
-        plan = epoch_plan(len(self.labels), self.seed, epoch, self.augment, self.shuffle)
-        for i in range(len(self)):
-            idx = plan.order[i * self.batch_size:(i + 1) * self.batch_size][rank::ranks]
-            idx_dev = idx.to(self.images.device)
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # pragma: no cover - abstract
+        """The epoch's batches of (normalised float images, labels, dataset indices); with ``ranks`` > 1,
+        this rank's share of each (``share``)."""
+        raise NotImplementedError
+
+
+class Loader(BatchLoader):
+    """Batches of a split held in memory, sliced from one uint8 tensor on the training device."""
+
+    def __init__(self, split: Split, mean, std, batch_size: int, device: torch.device,
+                 augment: bool = False, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
+        super().__init__(split.labels, mean, std, batch_size, device, augment, shuffle, seed, drop_last)
+        self.images = torch.from_numpy(split.images).to(device)
+
+    def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1):
+        plan = self.plan(epoch)
+        for step in range(len(self)):
+            idx = self.share(plan, step, rank, ranks)
+            idx_dev = idx.to(self.device)
             x = self.images[idx_dev]
             if self.augment:
                 x = crop_flip(x, plan.offsets[idx], plan.flips[idx])
             yield self.normalise(x), self.labels[idx_dev], idx_dev
+
+
+class _EpochBatches(Sampler):
+    """The batch sampler of one epoch: the loader sets ``batches`` (lists of (epoch, index)) before each pass."""
+
+    def __init__(self):
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class StreamLoader(BatchLoader):
+    """Batches of a streamed split, decoded by ``split.workers`` DataLoader processes (0: in this process),
+    kept alive across epochs. Same order, shares and batch shapes as ``dataset.loader.Loader``."""
+
+    def __init__(self, split: StreamSplit, mean, std, batch_size: int, device: torch.device,
+                 augment: bool = False, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
+        super().__init__(split.labels, mean, std, batch_size, device, augment, shuffle, seed, drop_last)
+        self.split = split
+        self._sampler = _EpochBatches()
+        # Its own generator: a DataLoader draws a base seed for its workers on every pass, which would
+        # otherwise come from the global generator the trainer seeds for dropout and the methods' sampling.
+        # The views never read that seed (view_seed), so neither generator changes a pixel.
+        self._loader = DataLoader(ImageViews(split, augment, seed), batch_sampler=self._sampler,
+                                  num_workers=split.workers, pin_memory=device.type == "cuda",
+                                  persistent_workers=split.workers > 0, generator=torch.Generator())
+
+    def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        plan = self.plan(epoch)
+        shares = [self.share(plan, step, rank, ranks) for step in range(len(self))]
+        self._sampler.batches = [[(epoch, int(i)) for i in idx] for idx in shares]
+        for idx, x in zip(shares, self._loader):
+            idx_dev = idx.to(self.device)
+            yield self.normalise(x.to(self.device, non_blocking=True)), self.labels[idx_dev], idx_dev
+
+
+LOADERS: dict[type, type[BatchLoader]] = {Split: Loader, StreamSplit: StreamLoader}
+
+
+def loader_for(split: Split | StreamSplit, mean, std, batch_size: int, device: torch.device, augment: bool = False,
+               shuffle: bool = False, seed: int = 0, drop_last: bool = False) -> BatchLoader:
+    """The loader of ``split``: sliced from memory, or streamed from disk."""
+    return LOADERS[type(split)](split, mean, std, batch_size, device, augment=augment, shuffle=shuffle, seed=seed,
+                                drop_last=drop_last)

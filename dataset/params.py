@@ -31,10 +31,17 @@ class ScenesParams(Section):
 
 
 class DataParams(Section):
-    name: Literal["scenes", "cifar10", "cifar100", "folder"] = "scenes"
-    root: str = "data/downloads"  # cifar*: torchvision's files; folder: train/<class>/*, test/<class>/*
+    name: Literal["scenes", "cifar10", "cifar100", "folder", "imagenet"] = "scenes"
+    # cifar*: torchvision's files; folder: train/<class>/*, test/<class>/*; imagenet: train/<wnid>/*, val/<wnid>/*
+    root: str = "data/downloads"
     download: bool = False
-    image_size: int = Field(32, ge=8, le=512)  # folder: side every image is resized to
+    image_size: int = Field(32, ge=8, le=512)  # folder, imagenet: the side of every view a network is given
+    # memory: decoded once into data/prepared; stream: an index of the files, views decoded while training
+    # (dataset/stream.py). null: the dataset's own (imagenet streams, the others are held in memory).
+    storage: Literal["memory", "stream"] | None = None
+    # Streamed data: DataLoader processes decoding views (0: in the stage's process); prepare_data's threads
+    # checking files. The views do not depend on it, so the training stages do not declare it (dvc.yaml).
+    workers: int = Field(4, ge=0, le=64)
     masks: str | None = None  # folder: a PNG tree or a CSV of boxes, inside root (dataset/folder.py)
     # folder: the most pixels one image or mask may decode to (a JPEG's after its reduced-scale draft);
     # larger files are skipped unread. A small PNG can inflate to gigabytes, up to 8 decode at once, and
@@ -56,3 +63,19 @@ class DataParams(Section):
         if self.masks is not None and self.name != "folder":
             raise ValueError(f"masks: only data.name: folder reads masks, not {self.name}; set data.masks: null")
         return self
+
+    @model_validator(mode="after")
+    def _storage_fits(self):
+        if self.storage == "stream" and self.name not in ("folder", "imagenet"):
+            raise ValueError(f"storage: {self.name} is prepared in memory; only folder and imagenet stream")
+        if self.storage == "memory" and self.name == "imagenet":
+            raise ValueError("storage: imagenet (~190 GB as uint8 at 224 px) does not fit in memory; set "
+                             "data.storage: stream or null")
+        if self.streams and self.masks is not None:
+            raise ValueError("masks: a streamed folder carries no masks; set data.storage: memory or data.masks: null")
+        return self
+
+    @property
+    def streams(self) -> bool:
+        """Whether ``prepare_data`` writes an index of image files (streamed while training), not pixels."""
+        return self.storage == "stream" or (self.storage is None and self.name == "imagenet")

@@ -10,6 +10,10 @@ pickle) plus ``card.json``::
                                            ``scenes`` keeps its bytes); the others have all-zero masks
     test_*.npy          the same for the test split
     card.json           counts, class names, normalisation statistics, checksum
+
+A dataset too large for memory (``card["storage"] == "stream"``: ImageNet, a large folder) keeps an index of
+its image files instead of pixels (``<split>_files.npy``, ``<split>_labels.npy``; dataset/stream.py), and
+loads as ``StreamSplit``s: the same labels, ``masked`` and ``images_at``, with views decoded from disk.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import numpy as np
 
 from core.errors import KdlensError
 from core.files import atomic_dir, write_json
+
+from .stream import StreamSplit, stream_split
 
 SPLITS = ("train", "test")
 OPTIONAL = ("masks", "has_mask")  # loaded when card.json lists them
@@ -51,11 +57,19 @@ class Split:
             return np.zeros(len(self.labels), bool)
         return np.ones(len(self.labels), bool) if self.has_mask is None else self.has_mask.astype(bool)
 
+    @property
+    def side(self) -> int:
+        return self.images.shape[-1]
+
+    def images_at(self, ids) -> np.ndarray:
+        """uint8 [n, 3, H, W]: images ``ids`` (as ``StreamSplit.images_at`` gives its test views)."""
+        return self.images[ids]
+
 
 @dataclass
 class Prepared:
-    train: Split
-    test: Split
+    train: Split | StreamSplit
+    test: Split | StreamSplit
     card: dict
 
     @property
@@ -64,8 +78,8 @@ class Prepared:
 
     @property
     def input_size(self) -> int:
-        """The side of every (square) image."""
-        return self.train.images.shape[-1]
+        """The side of every (square) image a network is given."""
+        return self.train.side
 
 
 def _arrays(split: Split) -> dict[str, np.ndarray]:
@@ -89,6 +103,22 @@ def in_memory(train: Split, test: Split, classes: list[str], name: str) -> Prepa
     return Prepared(train=train, test=test, card={"classes": list(classes), "name": name, **normalisation(train)})
 
 
+def card_counts(classes: list[str], train_labels: np.ndarray, test_labels: np.ndarray, image_shape: list[int]
+                ) -> dict:
+    """The card's classes, view shape and counts per split and class (every prepared format has them)."""
+    return {
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "image_shape": image_shape,
+        "counts": {
+            "train": int(len(train_labels)),
+            "test": int(len(test_labels)),
+            "train_per_class": np.bincount(train_labels, minlength=len(classes)).tolist(),
+            "test_per_class": np.bincount(test_labels, minlength=len(classes)).tolist(),
+        },
+    }
+
+
 def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[str], info: dict) -> dict:
     """Write both splits and the card into ``out_dir`` atomically (a temp dir renamed at the end)."""
     with atomic_dir(out_dir) as tmp:
@@ -101,15 +131,7 @@ def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[
                 digest.update((tmp / fname).read_bytes())
                 files[fname] = list(arr.shape)
         card = {
-            "classes": list(classes),
-            "num_classes": len(classes),
-            "image_shape": list(train.images.shape[1:]),
-            "counts": {
-                "train": int(len(train.labels)),
-                "test": int(len(test.labels)),
-                "train_per_class": np.bincount(train.labels, minlength=len(classes)).tolist(),
-                "test_per_class": np.bincount(test.labels, minlength=len(classes)).tolist(),
-            },
+            **card_counts(classes, train.labels, test.labels, list(train.images.shape[1:])),
             "has_masks": train.masks is not None and test.masks is not None,
             "mask_counts": {"train": int(train.masked.sum()), "test": int(test.masked.sum())},
             **normalisation(train),
@@ -121,8 +143,9 @@ def save_prepared(out_dir: str | Path, train: Split, test: Split, classes: list[
     return card
 
 
-def load_prepared(data_dir: str | Path) -> Prepared:
-    """Load a prepared dataset; a missing or corrupt file gives one line naming it."""
+def load_prepared(data_dir: str | Path, workers: int = 0) -> Prepared:
+    """Load a prepared dataset; a missing or corrupt file gives one line naming it. ``workers``: the
+    decoding processes of a streamed dataset's loaders (``data.workers``)."""
     data_dir = Path(data_dir)
     card_path = data_dir / "card.json"
     try:
@@ -131,10 +154,11 @@ def load_prepared(data_dir: str | Path) -> Prepared:
         raise KdlensError(f"{card_path}: missing; run the data stage first (dvc repro prepare_data)") from None
     except json.JSONDecodeError as e:
         raise KdlensError(f"{card_path}: corrupt JSON ({e}); re-run: dvc repro -f prepare_data") from None
+    streamed = card.get("storage") == "stream"
     splits = {}
     for split_name in SPLITS:
         arrays = {}
-        for key in ("images", "labels", "masks", "has_mask"):
+        for key in ("files", "labels") if streamed else ("images", "labels", "masks", "has_mask"):
             path = data_dir / f"{split_name}_{key}.npy"
             if key in OPTIONAL and path.name not in card["files"]:
                 continue
@@ -148,5 +172,5 @@ def load_prepared(data_dir: str | Path) -> Prepared:
             if expected is not None and list(arrays[key].shape) != expected:
                 raise KdlensError(f"{path}: shape {list(arrays[key].shape)} does not match card.json "
                                   f"{expected}; re-run: dvc repro -f prepare_data")
-        splits[split_name] = Split(**arrays)
+        splits[split_name] = stream_split(arrays, card, card_path, workers) if streamed else Split(**arrays)
     return Prepared(train=splits["train"], test=splits["test"], card=card)

@@ -174,7 +174,7 @@ def _prepare(images: torch.Tensor, p: SigmaParams, seed: int, image_ids):
     if images.ndim != 4:
         raise ValueError(f"images must be a float [N, C, H, W] tensor (normalised), got {tuple(images.shape)}")
     if not images.is_floating_point():
-        raise ValueError("images must be normalised floats (e.g. Loader.normalise of the uint8 images)")
+        raise ValueError("images must be normalised floats (e.g. BatchLoader.normalise of the uint8 images)")
     n = len(images)
     ids = list(range(n)) if image_ids is None else [int(i) for i in image_ids]
     if len(ids) != n:

@@ -16,7 +16,7 @@ def main() -> None:
     p = load_params(PARAMS)
     cfg = p.supervision
     dev = device()
-    data = load_prepared(DATA)
+    data = load_prepared(DATA, p.data.workers)
     teacher_path = model_path("teacher")
     teacher = load_model(teacher_path, dev)
     inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}

@@ -21,7 +21,7 @@ def main() -> None:
     p = load_params(PARAMS)
     cfg, train = p.teacher_cache, p.student.train
     dev = device()
-    data = load_prepared(DATA)
+    data = load_prepared(DATA, p.data.workers)
     teacher_path = model_path("teacher")
     inputs = {"data_sha256": data.card["sha256"], "teacher_sha256": sha256_file(teacher_path)}
     views = {"seed": p.seed, "epochs": train.epochs, "batch_size": train.batch_size, "augment": train.augment}

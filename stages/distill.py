@@ -17,7 +17,7 @@ def main() -> None:
         structure=p.student.structure, vam=p.vam, teacher_cache_path=TEACHER_CACHE,
         params_slice={"seed": p.seed, "method": p.method, "student": p.student.model_dump(),
                       f"methods.{p.method}": method_params.model_dump(), "vam": p.vam.model_dump()},
-        trainer=p.trainer))
+        trainer=p.trainer, workers=p.data.workers))
 
 
 if __name__ == "__main__":

@@ -55,8 +55,8 @@ def main() -> None:
         raise KdlensError("no test image to analyse")
     mean = torch.tensor(data.card["mean"], device=dev).view(1, -1, 1, 1) * 255.0
     std = torch.tensor(data.card["std"], device=dev).view(1, -1, 1, 1) * 255.0
-    raw = torch.from_numpy(test.images[ids]).to(dev)
-    images = (raw.float() - mean) / std  # as dataset.loader.Loader.normalise
+    raw = torch.from_numpy(test.images_at(ids)).to(dev)
+    images = (raw.float() - mean) / std  # as dataset.loader.BatchLoader.normalise
     saved = model_path(role)
     model = load_model(saved, dev, methods.restore_parts)
     ckpts = checkpoints(role)

@@ -24,6 +24,7 @@ from core.device import device
 from core.errors import KdlensError
 from core.paths import DATA, MODEL_FILE
 from core.stage import run_stage
+from dataset.params import DataParams
 from dataset.store import load_prepared
 from explain.calibration import expected_calibration_error, per_class_accuracy
 from models.saved import load_model, load_weights
@@ -62,12 +63,14 @@ def main() -> None:
     ap.add_argument("--arch", default=None, help="the architecture of a file that is not a kdlens model.pt")
     ap.add_argument("--data", type=Path, default=DATA, help="a prepared data directory (stage prepare_data)")
     ap.add_argument("--json", action="store_true", help="print JSON, with per-class top-1 and calibration error")
+    ap.add_argument("--workers", type=int, default=DataParams().workers,
+                    help="decoding processes of a streamed dataset (data.workers)")
     args = ap.parse_args()
     if args.arch is not None and args.arch not in models.names():
         raise KdlensError(f"--arch: unknown model {args.arch!r}; choose one of: {', '.join(models.names())}")
     if not (args.data / "card.json").exists():
         raise KdlensError(f"{args.data}: no prepared data; run `dvc repro prepare_data` or pass --data")
-    data = load_prepared(args.data)
+    data = load_prepared(args.data, args.workers)
     net, arch, layout = network(args.path, args.arch, data.num_classes)
     dev = device()
     net = net.to(dev)

@@ -82,7 +82,7 @@ def main() -> None:
         figures["concepts.png"] = fig_c
         shown = slice(0, SIGMA_PLOT_IMAGES)
         for role in ("baseline", "student"):
-            fig_s = sigma_over_epochs(prepared.test.images[sigma[role]["image_ids"][shown]],
+            fig_s = sigma_over_epochs(prepared.test.images_at(sigma[role]["image_ids"][shown]),
                                       sigma[role]["entropy"][shown], k["epochs"],
                                       title=f"{role} ({results[role]['method']}): entropy maps over epochs",
                                       max_images=SIGMA_PLOT_IMAGES)

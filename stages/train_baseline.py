@@ -13,7 +13,8 @@ def main() -> None:
         method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("baseline"),
         metrics_path=metrics_path("baseline"), curves_path=curves_path("baseline"), structure=p.student.structure,
         params_slice={"seed": p.seed, "student": p.student.model_dump(),
-                      "methods.ce": p.method_params("ce").model_dump()}, trainer=p.trainer))
+                      "methods.ce": p.method_params("ce").model_dump()}, trainer=p.trainer,
+        workers=p.data.workers))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ def main() -> None:
     params_slice = {"teacher": p.teacher.model_dump(), "methods.ce": p.method_params("ce").model_dump()}
     if p.teacher.checkpoint is not None:
         run_import_job("train_teacher", p.teacher, DATA, role_dir("teacher"), metrics_path("teacher"),
-                       curves_path("teacher"), params_slice)
+                       curves_path("teacher"), params_slice, p.data.workers)
         return
     run_train_job(TrainJob(
         stage="train_teacher", arch=p.teacher.arch, train=p.teacher.train, seed=p.teacher.seed,
         method="ce", method_params=p.method_params("ce"), data_dir=DATA, out_dir=role_dir("teacher"),
         metrics_path=metrics_path("teacher"), curves_path=curves_path("teacher"),
-        params_slice=params_slice, trainer=p.trainer, role="teacher"))
+        params_slice=params_slice, trainer=p.trainer, role="teacher", workers=p.data.workers))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Your own images through the whole pipeline: `dvc exp run -S data.name=folder` on a tiny image folder
-with a few bad files and masks for some images, in a temporary git repo (tiny profile)."""
+"""Your own images through the whole pipeline, in a temporary git repo (tiny profile): `dvc exp run -S
+data.name=folder` on a tiny image folder with a few bad files and masks for some images, and `-S
+data.name=imagenet` on a tiny ImageNet-layout folder streamed from disk with torchvision's ImageNet models."""
 import json
 
 import mlflow
 import pytest
 
 from test_data_folder import add_bad_files, write_folder
+from test_data_stream import write_imagenet
 from test_pipeline import STAGES, _run, repo  # noqa: F401  (repo: the module-scoped tiny project fixture)
 
-pytestmark = pytest.mark.cost(95)
+pytestmark = pytest.mark.cost(190)
 
 ROOT = "mydata"
 
@@ -52,3 +54,32 @@ def test_folder_dataset_runs_every_stage_with_its_masks(repo):
     (repo / ROOT / "train/solid/img_00.png").write_bytes((repo / ROOT / "train/solid/img_01.png").read_bytes())
     status = _run(repo, "dvc", "status", "prepare_data").stdout
     assert "modified:" in status and ROOT in status
+
+
+def test_imagenet_layout_streams_through_every_stage(repo):
+    # 10 classes x 12 JPEGs of varied sizes (one more, corrupt), 3 per class in val/, at 64 px: a torchvision
+    # ResNet-18 teacher and the reference MobileNetV1 student, their views decoded by 2 worker processes.
+    wnids = [f"n0{i:07d}" for i in range(10)]
+    write_imagenet(repo / "inet", train=12, val=3, classes=wnids)
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "an ImageNet-layout folder")
+    out = _run(repo, "dvc", "exp", "run", "-n", "imagenet-run", "-S", "data.name=imagenet", "-S", "data.root=inet",
+               "-S", "data.image_size=64", "-S", "data.workers=2", "-S", "teacher.arch=imagenet_resnet18",
+               "-S", "student.arch=imagenet_mobilenet_v1")
+    assert "skipped 1 image and 0 mask files" in out.stderr and "broken.JPEG: unreadable" in out.stderr
+
+    card = json.loads((repo / "data/prepared/card.json").read_text())
+    assert card["storage"] == "stream" and card["classes"] == wnids and card["image_shape"] == [3, 64, 64]
+    assert (card["counts"]["train"], card["counts"]["test"]) == (120, 30)
+    assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == [
+        "card.json", "test_files.npy", "test_labels.npy", "train_files.npy", "train_labels.npy"]
+    for role, arch in (("teacher", "imagenet_resnet18"), ("student", "imagenet_mobilenet_v1")):
+        m = json.loads((repo / f"metrics/{role}.json").read_text())
+        assert m["arch"] == arch and m["dataset"] == "imagenet" and 0.0 <= m["test_top1"] <= 100.0
+    report = json.loads((repo / "metrics/report.json").read_text())
+    assert report["dataset"] == "imagenet" and len(report["knowledge"]["image_ids"]) == 4
+    assert "centre-box prior" in report["knowledge"]["masks"]["source"]  # a streamed folder has no masks
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kdlens-imagenet").experiment_id])
+    assert sorted(r.data.tags["kdlens.stage"] for r in runs) == sorted(STAGES)

@@ -11,7 +11,7 @@ import methods
 import models
 from core import distributed
 from core.errors import KdlensError
-from dataset.loader import Loader
+from dataset.loader import BatchLoader, loader_for
 from dataset.store import Prepared
 from models.vam import VamParams, attach_vam, vam_regulariser
 
@@ -55,11 +55,11 @@ def check_pair(name: str, params: methods.MethodParams, student_arch: str, teach
                                                      train_labels=labels))
 
 
-def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> tuple[Loader, Loader]:
+def loaders(data: Prepared, cfg: TrainParams, seed: int, dev: torch.device) -> tuple[BatchLoader, BatchLoader]:
     mean, std = data.card["mean"], data.card["std"]
-    train = Loader(data.train, mean, std, cfg.batch_size, dev, augment=cfg.augment, shuffle=True,
-                   seed=seed, drop_last=len(data.train.labels) >= 2 * cfg.batch_size)
-    return train, Loader(data.test, mean, std, cfg.eval_batch_size, dev)
+    train = loader_for(data.train, mean, std, cfg.batch_size, dev, augment=cfg.augment, shuffle=True,
+                       seed=seed, drop_last=len(data.train.labels) >= 2 * cfg.batch_size)
+    return train, loader_for(data.test, mean, std, cfg.eval_batch_size, dev)
 
 
 @dataclass
@@ -72,8 +72,8 @@ class Fitter:
     seed: int
     work: Path
     name: str
-    train: Loader
-    test: Loader
+    train: BatchLoader
+    test: BatchLoader
     teacher: torch.nn.Module | None
     fast_teacher: torch.nn.Module | None  # BN-folded (and compiled) for the forward passes
     supervision: dict | None

@@ -61,6 +61,7 @@ class TrainJob:
     teacher_cache_path: Path | None = None  # data/teacher_cache: used by methods that read only logits
     trainer: TrainerParams = TrainerParams()  # how many processes, SyncBatchNorm
     role: str = "student"  # the params section of ``train`` and ``structure`` (named in errors)
+    workers: int = 0  # data.workers: decoding processes of a streamed dataset (no output depends on it)
 
 
 @dataclass
@@ -130,7 +131,7 @@ def run_train_job(job: TrainJob) -> dict:
 def _train_job(job: TrainJob) -> dict:
     world = distributed.world()
     dev = device()
-    data = load_prepared(job.data_dir)
+    data = load_prepared(job.data_dir, job.workers)
     card = data.card
     # A method that needs no teacher (e.g. ``ce`` in the distill stage) must not pay for its forward pass.
     use_teacher = job.teacher_path is not None and methods.get(job.method).needs_teacher
@@ -210,9 +211,9 @@ SOURCE = "imported"  # metrics' "method" of an imported teacher (a trained one's
 
 
 def run_import_job(stage: str, teacher: TeacherParams, data_dir: Path, out_dir: Path, metrics_path: Path,
-                   curves_path: Path, params_slice: dict) -> dict:
+                   curves_path: Path, params_slice: dict, workers: int = 0) -> dict:
     path = Path(teacher.checkpoint)  # check_params has checked that it exists and fits the arch
-    data = load_prepared(data_dir)
+    data = load_prepared(data_dir, workers)
     # Before any logging: a file that does not fit the arch stops here, in one line.
     network, layout = models.import_checkpoint(teacher.arch, path, data.num_classes)
     sha = sha256_file(path)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from dataset.store import Prepared, Split
 from core.device import device
 from core.errors import KdlensError
-from dataset.loader import Loader
+from dataset.loader import loader_for
 
 from .store import FORMAT
 from models.base import feature_shapes
@@ -213,7 +213,7 @@ def teacher_features(teacher: torch.nn.Module, split: Split, mean, std, taps: di
     [N·H·W, C] and name -> grid [H, W] (after pooling).
     """
     teacher.eval()
-    loader = Loader(split, mean, std, batch_size, dev)  # no augmentation, dataset order
+    loader = loader_for(split, mean, std, batch_size, dev)  # no augmentation, dataset order
     out: dict[str, np.ndarray] = {}
     grids: dict[str, list[int]] = {}
     row = {name: 0 for name in taps}
