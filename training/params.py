@@ -29,7 +29,11 @@ class TrainParams(Section):
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0)
     augment: bool = True
-    amp: bool = True  # used only on CUDA
+    # CUDA only (on CPU all three are off): mixed precision in bf16 where the GPU supports it (Ampere and
+    # later), else fp16 with a loss scaler; and the training step in channels-last memory format.
+    amp: bool = True
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    channels_last: bool = True
     keep_epochs: list[int] = []  # checkpoints kept as outputs (epoch 0 = the initial weights)
     # Per named parameter group of the model (models' named_param_groups(), e.g. ltb's "routing"):
     # its own base learning rate (same schedule), and epochs at the start during which it is frozen.

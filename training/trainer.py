@@ -26,7 +26,7 @@ from tqdm import tqdm
 from core import checkpoint
 from core.distributed import ONE, World, mean_over_ranks, replicate, world as current_world
 from core.errors import KdlensError
-from dataset.loader import Loader, epoch_generator
+from dataset.loader import BatchLoader, epoch_generator
 from training.params import TrainParams
 from core.paths import LAST_FILE, PREVIOUS_FILE, kept_checkpoints, kept_name
 from explain.weight_distance import WeightDistance
@@ -50,26 +50,28 @@ def lr_at(cfg: TrainParams, epoch_progress: float) -> float:
     return cfg.lr * cfg.gamma**passed
 
 
-def _bar(batches, world: World, total: int, desc: str):
-    """A progress bar over a loop on data, shown by rank 0 only."""
-    return tqdm(batches, total=total, desc=desc, leave=False, disable=None if world.main else True)
+def _bar(batches, world: World, loader: BatchLoader, desc: str):
+    """A progress bar over a loop on ``loader``'s batches, shown by rank 0 only; it counts the images of
+    all ranks (and images/s), a partial last batch as a whole one."""
+    return tqdm(batches, total=len(loader), desc=desc, leave=False, disable=None if world.main else True,
+                unit="img", unit_scale=loader.batch_size)
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: Loader, desc: str = "eval", world: World = ONE
+def predict(model: torch.nn.Module, loader: BatchLoader, desc: str = "eval", world: World = ONE
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(float32 logits, labels) of this rank's share of every batch of ``loader``'s split, in eval mode."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for x, y, _ in _bar(loader.batches(0, world.rank, world.size), world, len(loader), desc):
+    for x, y, _ in _bar(loader.batches(0, world.rank, world.size), world, loader, desc):
         logits.append(model(x)[0].float())
         labels.append(y)
     model.train(was_training)
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: torch.nn.Module, loader: Loader, desc: str = "eval", world: World = ONE) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader: BatchLoader, desc: str = "eval", world: World = ONE) -> dict[str, float]:
     """Top-1/top-5 accuracy and mean cross-entropy on ``loader``'s split. Across ranks, each evaluates its
     share of every batch and the counts are added up: as fast as the training shares, and exact."""
     logits, y = predict(model, loader, desc, world)
@@ -153,22 +155,53 @@ def _forward(student, teacher_fn, loss_fn, regularisers=None) -> Callable:
     return forward
 
 
-def _train_epoch(forward, optimizer, scaler, train: Loader, epoch: int, lr_of_step, desc: str, grad_params: list,
-                 use_amp: bool, world: World, after_step=None) -> dict:
+@dataclass(frozen=True)
+class Precision:
+    """How a training step computes: autocast ``dtype`` (None: float32), and channels-last inputs."""
+
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    @property
+    def scaled(self) -> bool:
+        """fp16 needs a loss scaler (its narrow exponent underflows small gradients); bf16 does not."""
+        return self.dtype == torch.float16
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler("cuda", enabled=self.scaled)
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
+def precision(cfg: TrainParams, device: torch.device) -> Precision:
+    """``cfg``'s precision on ``device``: all off on CPU; bf16 falls back to fp16 on a GPU without it."""
+    if device.type != "cuda":
+        return Precision()
+    dtype = None
+    if cfg.amp:
+        dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" and torch.cuda.is_bf16_supported() else torch.float16
+    return Precision(dtype, cfg.channels_last)
+
+
+def _train_epoch(forward, optimizer, scaler, train: BatchLoader, epoch: int, lr_of_step, desc: str, grad_params: list,
+                 prec: Precision, world: World, after_step=None) -> dict:
     """One pass over the training set (this rank's share of it): forward, sum the named terms, step.
     Returns the epoch's means over all ranks."""
-    device = train.images.device
+    device = train.device
     steps = len(train)
     sums: dict[str, float] = {}
     grad_norms: dict[str, float] = {}
     correct = seen = 0
     t0 = time.perf_counter()
-    for step, (x, y, idx) in enumerate(_bar(train.batches(epoch, world.rank, world.size), world, steps, desc)):
+    for step, (x, y, idx) in enumerate(_bar(train.batches(epoch, world.rank, world.size), world, train, desc)):
         lr = lr_of_step(step / steps)
         for group in optimizer.param_groups:
             frozen = epoch <= group.get("frozen_epochs", 0)
             group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+        if prec.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with prec.autocast(device):
             logits, terms = forward(x, y, idx, epoch)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
@@ -207,7 +240,7 @@ def _seed_epoch(seed: int, epoch: int, stream: int, rank: int) -> None:
     torch.manual_seed(epoch_generator(seed, epoch, stream=stream).initial_seed() + rank)
 
 
-def _run_phases(method, student, teacher_fn, train: Loader, seed: int, name: str, use_amp: bool,
+def _run_phases(method, student, teacher_fn, train: BatchLoader, seed: int, name: str, prec: Precision,
                 on_epoch, world: World) -> dict[str, list[dict]]:
     """The method's extra phases (e.g. FT's paraphraser pre-training), before the main training."""
     out = {}
@@ -217,7 +250,7 @@ def _run_phases(method, student, teacher_fn, train: Loader, seed: int, name: str
         for p in phase.parameters:
             p.requires_grad_(True)
         optimizer = _sgd(phase.parameters, phase.lr, phase.momentum, False, phase.weight_decay)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        scaler = prec.scaler()
         forward = replicate(_forward(student, teacher_fn, phase.losses), phase.parameters, world)
         student.eval()  # the student is not trained in a phase unless the phase lists its parameters
         records = []
@@ -226,7 +259,7 @@ def _run_phases(method, student, teacher_fn, train: Loader, seed: int, name: str
             for module in phase.train_modules:
                 module.train()
             rec = _train_epoch(forward, optimizer, scaler, train, epoch, lambda _: phase.lr,
-                               f"{name} {phase.name} {epoch}/{phase.epochs}", phase.parameters, use_amp, world)
+                               f"{name} {phase.name} {epoch}/{phase.epochs}", phase.parameters, prec, world)
             world.average_batchnorm(student, method)  # a phase may train BatchNorms (feat_mse's lower stages)
             rec = {f"phase/{phase.name}/{k}": v for k, v in rec.items()}
             records.append(rec)
@@ -264,7 +297,7 @@ def _resume_state(work_dir: Path, device: torch.device, name: str, main: bool) -
     return None
 
 
-def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, train: Loader, test: Loader, *,
+def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, train: BatchLoader, test: BatchLoader, *,
         seed: int, work_dir: str | Path, teacher: torch.nn.Module | None = None, name: str = "train",
         on_epoch: Callable[[dict], None] | None = None,
         regularisers: Callable[[], dict[str, torch.Tensor]] | None = None,
@@ -286,11 +319,14 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     world = current_world()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    device = train.images.device
-    use_amp = cfg.amp and device.type == "cuda"
+    device = train.device
+    prec = precision(cfg, device)
+    if prec.channels_last:
+        student.to(memory_format=torch.channels_last)
+        method.to(memory_format=torch.channels_last)
     student_params = [p for p in student.parameters() if p.requires_grad]
     optimizer = _optimizer(param_groups(student, method, cfg), cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = prec.scaler()
     live = None
     if teacher is not None:
         teacher.eval()
@@ -314,7 +350,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
                           "nodes needs a work directory they share)")
     result.kept.update(kept_checkpoints(work_dir))
     if start_epoch == 1:
-        result.phases = _run_phases(method, student, live, train, seed, name, use_amp, on_epoch, world)
+        result.phases = _run_phases(method, student, live, train, seed, name, prec, on_epoch, world)
     # Epoch 0 is the weights the main training starts from (after any extra phase), for the kept
     # checkpoint and the weight distance alike.
     if 0 in cfg.keep_epochs and 0 not in result.kept and world.main:
@@ -331,7 +367,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         student.train()
         method.train()
         rec = _train_epoch(forward, optimizer, scaler, train, epoch, lambda frac, e=epoch: lr_at(cfg, e - 1 + frac),
-                           f"{name} {epoch}/{cfg.epochs}", student_params, use_amp, world,
+                           f"{name} {epoch}/{cfg.epochs}", student_params, prec, world,
                            after_step=distance.after_step)
         distance.end_epoch()
         world.average_batchnorm(student, method)
