@@ -3,6 +3,7 @@
     python -m protocols protocols/cifar100/resnet56-resnet20/kd.yaml      # one run, in the workspace
     python -m protocols protocols/cifar100/resnet56-resnet20 --queue      # a row of the table, queued
     python -m protocols protocols/cifar100 --queue --seeds 3              # the whole table, 3 seeds each
+    python -m protocols protocols/imagenet/imagenet_resnet34-imagenet_resnet18/dkd.yaml   # an ImageNet row
     ... --target distill                                                  # only up to the student (no σ, no report)
     ... [--dry-run] [-S key=value ...]                                    # print only; extra overrides
 
@@ -85,7 +86,7 @@ def main() -> None:
     runs = []
     for path in (f for p in args.paths for f in files(p)):
         if not path.is_file():
-            raise KdlensError(f"{path}: no such protocol file; the protocols are under protocols/cifar100/")
+            raise KdlensError(f"{path}: no such protocol file; the protocols are under protocols/cifar100/ and protocols/imagenet/")
         sets = {**read_protocol(path), **extra}
         for seed in range(args.seeds) if args.seeds else [None]:
             run = {**sets, **({"seed": seed} if seed is not None else {})}

@@ -1,11 +1,26 @@
-"""(Re)write every protocol file from ``PAIRS`` and the methods' schemas:  python -m protocols.write
+"""(Re)write every protocol file from ``PAIRS``, the recipes below and the methods' schemas:
+python -m protocols.write
 
-One file per pair and method that can serve the pair (checked as check_params checks it: kdsvd needs
-equal channel counts, so most pairs have none).
+One file per pair and method of the pair's recipe that can serve the pair (checked as check_params checks
+it: kdsvd needs equal channel counts, so most CIFAR pairs have none).
+
+* CIFAR-100: every method, each at its schema's defaults (its CIFAR settings; each method's docstring cites
+  them), DKD's beta per pair.
+* ImageNet: the methods the reference framework runs there (kd, at, ofd, crd, reviewkd, dkd), with its
+  ImageNet configurations: batch 512 at lr 0.2 for KD, AT and DKD, batch 256 at lr 0.1 for CRD, ReviewKD
+  and OFD (OFD's ResNet-50 -> MobileNetV1 run: batch 128 at lr 0.05; its ResNet-34 -> ResNet-18 batch is
+  not in the reference configurations, so it takes CRD's); KD at T = 1 with CE and KD weights 0.5 each;
+  DKD at T = 1 with a one-epoch warm-up; OFD's weight 1e-4 (Heo et al., ICCV 2019, section 4.3: the
+  ImageNet loss is divided by 10^4 rather than CIFAR's 10^3); ReviewKD's weight 1 with student
+  pre-activations (ResNet-18) or weight 8 with 256 middle channels (MobileNetV1), a one-epoch warm-up.
+  Images stream from disk at 224 px (data.name: imagenet). The teacher cache is off: 100 epochs of
+  1.28 M views are ~11 GB even at top-k 20, more than the forward it saves is worth for six methods.
 """
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
+from typing import Callable
 
 import yaml
 
@@ -15,13 +30,15 @@ from methods import MethodNotApplicable
 from methods.letkd.params import SupervisionParams
 from training.fitter import check_pair
 
-from . import DATASET, PAIRS, ROOT, TEACHER_FILE, Pair
+from . import PAIRS, ROOT, Pair
 
-CLASSES, SIDE = 100, 32
-SCHEDULE = {"epochs": 240, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9, "nesterov": False,
-            "weight_decay": 5e-4, "schedule": "multistep", "milestones": [150, 180, 210], "gamma": 0.1,
-            "warmup_epochs": 0, "augment": True, "amp": False, "keep_epochs": [0, 60, 120, 180, 240]}
-HEADER = """\
+# -------------------------------------------------------------------------------------------- CIFAR-100
+CIFAR_TEACHER = "teachers/cifar_teachers/{arch}_vanilla/ckpt_epoch_240.pth"  # cifar_teachers.tar, unpacked
+LIGHT_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # trained at lr 0.01 in the references
+CIFAR_SCHEDULE = {"epochs": 240, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9, "nesterov": False,
+                  "weight_decay": 5e-4, "schedule": "multistep", "milestones": [150, 180, 210], "gamma": 0.1,
+                  "warmup_epochs": 0, "augment": True, "amp": False, "keep_epochs": [0, 60, 120, 180, 240]}
+CIFAR_HEADER = """\
 # CIFAR-100, {teacher} -> {student}, {method}: the reference frameworks' protocol (Tian et al., ICLR 2020;
 # Zhao et al., CVPR 2022) with their pretrained teacher. Published for this pair: KD {kd}, DKD {dkd} (best
 # test top-1, mean of several runs). Written by `python -m protocols.write`; run with
@@ -29,43 +46,104 @@ HEADER = """\
 """
 
 
-def protocol(pair: Pair, method: str) -> dict:
-    """The dotted params of one (pair, method) run."""
-    sets = {"data.name": DATASET, "teacher.arch": pair.teacher,
-            "teacher.checkpoint": TEACHER_FILE.format(arch=pair.teacher), "student.arch": pair.student,
-            **{f"student.train.{k}": v for k, v in {**SCHEDULE, "lr": pair.lr}.items()}, "method": method}
-    cls = methods.get(method)
-    params = cls.Params().model_dump(mode="json")
+def cifar_sets(pair: Pair, method: str) -> dict:
+    lr = 0.01 if pair.student in LIGHT_STUDENTS else 0.05
+    sets = {"data.name": "cifar100", "teacher.arch": pair.teacher,
+            "teacher.checkpoint": CIFAR_TEACHER.format(arch=pair.teacher), "student.arch": pair.student,
+            **{f"student.train.{k}": v for k, v in {**CIFAR_SCHEDULE, "lr": lr}.items()}, "method": method}
+    params = methods.get(method).Params().model_dump(mode="json")
     if method == "dkd":
         params["beta"] = pair.dkd_beta  # the DKD paper's per-pair beta
     sets.update({f"methods.{method}.{k}": v for k, v in params.items()})
-    if cls.needs_supervision:  # letKD's k-means / LDA at the paper's CIFAR-100 sizes (the schema's defaults)
+    if methods.get(method).needs_supervision:  # letKD's k-means / LDA at the paper's CIFAR-100 sizes
         sets.update({f"supervision.{k}": v for k, v in SupervisionParams().model_dump(mode="json").items()})
     return sets
 
 
+# --------------------------------------------------------------------------------------------- ImageNet
+# torchvision's IMAGENET1K_V1 files (the weights the reference framework loads with pretrained=True).
+IMAGENET_TEACHER = {"imagenet_resnet34": "teachers/imagenet/resnet34-b627a593.pth",
+                    "imagenet_resnet50": "teachers/imagenet/resnet50-0676ba61.pth"}
+IMAGENET_SCHEDULE = {"epochs": 100, "eval_batch_size": 256, "optimizer": "sgd", "momentum": 0.9, "nesterov": False,
+                     "weight_decay": 1e-4, "schedule": "multistep", "milestones": [30, 60, 90], "gamma": 0.1,
+                     "warmup_epochs": 0, "augment": True, "amp": True, "amp_dtype": "bf16",
+                     "keep_epochs": [0, 30, 60, 90, 100]}
+IMAGENET_BATCH = {"kd": (512, 0.2), "at": (512, 0.2), "dkd": (512, 0.2), "crd": (256, 0.1), "reviewkd": (256, 0.1),
+                  "ofd": (256, 0.1)}  # (global batch, lr)
+IMAGENET_METHODS = {"kd": {"T": 1.0, "ce_weight": 0.5, "kd_weight": 0.5}, "dkd": {"T": 1.0, "warmup": 1},
+                    "ofd": {"ofd_weight": 1e-4}, "reviewkd": {"warmup": 1}, "at": {}, "crd": {}}
+IMAGENET_PAIR_METHODS = {  # what one pair's configuration changes further
+    "imagenet_resnet34-imagenet_resnet18": {"reviewkd": {"reviewkd_weight": 1.0, "student_preact": True}},
+    "imagenet_resnet50-imagenet_mobilenet_v1": {"reviewkd": {"reviewkd_weight": 8.0, "max_mid_channels": 256}},
+}
+IMAGENET_PAIR_BATCH = {("imagenet_resnet50-imagenet_mobilenet_v1", "ofd"): (128, 0.05)}
+IMAGENET_HEADER = """\
+# ImageNet, {teacher} -> {student}, {method}: the reference framework's ImageNet configuration (Zhao et al.,
+# "Decoupled Knowledge Distillation", CVPR 2022, Table 3) with torchvision's pretrained teacher. Published
+# for this pair: KD {kd}, DKD {dkd} (top-1). Images stream from data.root (train/<wnid>/*, val/<wnid>/*).
+# Written by `python -m protocols.write`; run with
+#   python -m protocols {path}        (docs/imagenet.md)
+"""
+
+
+def imagenet_sets(pair: Pair, method: str) -> dict:
+    batch, lr = IMAGENET_PAIR_BATCH.get((pair.name, method), IMAGENET_BATCH[method])
+    sets = {"data.name": "imagenet", "data.image_size": 224, "teacher.arch": pair.teacher,
+            "teacher.checkpoint": IMAGENET_TEACHER[pair.teacher], "student.arch": pair.student,
+            **{f"student.train.{k}": v for k, v in {**IMAGENET_SCHEDULE, "batch_size": batch, "lr": lr}.items()},
+            "teacher_cache.enabled": False, "method": method}
+    params = {**methods.get(method).Params().model_dump(mode="json"), **IMAGENET_METHODS[method],
+              **IMAGENET_PAIR_METHODS.get(pair.name, {}).get(method, {})}
+    if method == "dkd":
+        params["beta"] = pair.dkd_beta
+    sets.update({f"methods.{method}.{k}": v for k, v in params.items()})
+    return sets
+
+
+@dataclass(frozen=True)
+class Recipe:
+    sets: Callable[[Pair, str], dict]
+    classes: int
+    side: int
+    methods: tuple[str, ...] | None  # None: every method that can serve the pair
+    header: str
+
+
+RECIPES = {"cifar100": Recipe(cifar_sets, 100, 32, None, CIFAR_HEADER),
+           "imagenet": Recipe(imagenet_sets, 1000, 224, tuple(IMAGENET_BATCH), IMAGENET_HEADER)}
+
+
+def protocol(pair: Pair, method: str) -> dict:
+    """The dotted params of one (pair, method) run."""
+    return RECIPES[pair.dataset].sets(pair, method)
+
+
 def serves(pair: Pair, method: str) -> bool:
+    recipe = RECIPES[pair.dataset]
+    if recipe.methods is not None and method not in recipe.methods:
+        return False
     try:
-        check_pair(method, methods.get(method).Params(), pair.student, pair.teacher, CLASSES, SIDE, None)
+        check_pair(method, methods.get(method).Params(), pair.student, pair.teacher, recipe.classes, recipe.side, None)
     except (MethodNotApplicable, KdlensError):
         return False
     return True
 
 
 def main() -> None:
-    out = ROOT / DATASET
-    shutil.rmtree(out, ignore_errors=True)
+    for dataset in RECIPES:
+        shutil.rmtree(ROOT / dataset, ignore_errors=True)
     for pair in PAIRS:
         for method in methods.names():
             if not serves(pair, method):
-                print(f"{pair.name}: {method} cannot serve this pair; no file")
+                print(f"{pair.name}: {method} is not run on this pair; no file")
                 continue
-            path = out / pair.name / f"{method}.yaml"
+            path = ROOT / pair.dataset / pair.name / f"{method}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
-            head = HEADER.format(teacher=pair.teacher, student=pair.student, method=method, kd=pair.published_kd,
-                                 dkd=pair.published_dkd, path=path.relative_to(ROOT.parent))
+            head = RECIPES[pair.dataset].header.format(teacher=pair.teacher, student=pair.student, method=method,
+                                                       kd=f"{pair.published_kd:.2f}", dkd=f"{pair.published_dkd:.2f}",
+                                                       path=path.relative_to(ROOT.parent))
             path.write_text(head + yaml.safe_dump(protocol(pair, method), sort_keys=False, default_flow_style=None))
-    print(f"{sum(1 for _ in out.rglob('*.yaml'))} protocol files under {out}")
+    print(f"{sum(1 for _ in ROOT.rglob('*.yaml'))} protocol files under {ROOT}")
 
 
 if __name__ == "__main__":
