@@ -1,7 +1,8 @@
 """The published protocols (protocols/): every file validates against the params schema, holds the
-values of the reference configurations (the table below, written from the CRD and DKD papers' CIFAR-100
-setups and the methods' papers, independently of protocols/write.py), is what the writer writes, and
-becomes the DVC command it should. The run itself: tests/test_pipeline.py (tiny CIFAR-100, one epoch)."""
+values of the reference configurations (the tables below, written from the CRD and DKD papers' CIFAR-100
+and ImageNet setups and the methods' papers, independently of protocols/write.py), is what the writer
+writes, and becomes the DVC command it should. The run itself: tests/test_pipeline_protocol.py (tiny
+CIFAR-100, one epoch) and tests/test_pipeline_folder.py (a tiny ImageNet layout, its models)."""
 import sys
 
 import pytest
@@ -13,7 +14,7 @@ import protocols.table as table
 from conftest import ROOT
 from core.errors import KdlensError
 from core.schema import read_yaml
-from protocols import PAIRS, files
+from protocols import PAIRS, ROOT as PROTOCOLS, files
 from protocols.write import protocol, serves
 from stages.params import parse_params
 
@@ -34,18 +35,37 @@ REFERENCE_METHODS = {  # the loss weights and settings of the reference configur
     "crd": {"crd_weight": 0.8, "num_negatives": 16384, "temperature": 0.07, "momentum": 0.5, "feat_dim": 128},
     "dkd": {"ce_weight": 1, "alpha": 1, "T": 4, "warmup": 20}, "reviewkd": {"reviewkd_weight": 5, "warmup": 20},
 }
+CIFAR = [p for p in PAIRS if p.dataset == "cifar100"]
+# ImageNet (the reference framework's ImageNet configurations): (teacher, student): DKD beta, and per method
+# (global batch, lr, weights).
+IMAGENET_PAIRS = {("imagenet_resnet34", "imagenet_resnet18"): 0.5, ("imagenet_resnet50", "imagenet_mobilenet_v1"): 2}
+IMAGENET_METHODS = {
+    "kd": (512, 0.2, {"T": 1, "ce_weight": 0.5, "kd_weight": 0.5}), "at": (512, 0.2, {"at_weight": 1000}),
+    "dkd": (512, 0.2, {"T": 1, "warmup": 1, "alpha": 1, "ce_weight": 1}),
+    "crd": (256, 0.1, {"crd_weight": 0.8, "num_negatives": 16384, "temperature": 0.07}),
+    "reviewkd": (256, 0.1, {"warmup": 1}), "ofd": (256, 0.1, {"ofd_weight": 1e-4}),
+}
+IMAGENET_BY_PAIR = {
+    ("imagenet_resnet34", "imagenet_resnet18", "reviewkd"): {"reviewkd_weight": 1, "student_preact": True},
+    ("imagenet_resnet50", "imagenet_mobilenet_v1", "reviewkd"): {"reviewkd_weight": 8, "max_mid_channels": 256},
+}
+IMAGENET_SCHEDULE = {"epochs": 100, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "schedule": "multistep",
+                     "milestones": [30, 60, 90], "gamma": 0.1, "warmup_epochs": 0}
 
 
 def test_every_pair_has_a_file_per_method_that_can_serve_it():
-    assert {(p.teacher, p.student) for p in PAIRS} == set(REFERENCE_PAIRS)
-    found = {(f.parent.name, f.stem) for f in files()}
-    absent = {(p, m) for p in PAIRS for m in methods.names() if (p.name, m) not in found}
+    assert {(p.teacher, p.student) for p in CIFAR} == set(REFERENCE_PAIRS)
+    found = {(f.parent.name, f.stem) for f in files(PROTOCOLS / "cifar100")}
+    absent = {(p, m) for p in CIFAR for m in methods.names() if (p.name, m) not in found}
     assert {m for _, m in absent} == {"kdsvd"}  # it needs equal channel counts in each paired stage
-    assert not any(serves(p, m) for p, m in absent) and serves(PAIRS[0], "kdsvd")
-    assert ("resnet56-resnet20", "kdsvd") in found and len(found) == len(PAIRS) * len(methods.names()) - len(absent)
+    assert not any(serves(p, m) for p, m in absent) and serves(CIFAR[0], "kdsvd")
+    assert ("resnet56-resnet20", "kdsvd") in found and len(found) == len(CIFAR) * len(methods.names()) - len(absent)
+    # ImageNet: the methods the reference framework runs there, on both of its pairs.
+    imagenet = {(f.parent.name, f.stem) for f in files(PROTOCOLS / "imagenet")}
+    assert imagenet == {(f"{t}-{s}", m) for t, s in IMAGENET_PAIRS for m in IMAGENET_METHODS}
 
 
-@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: p.name)
+@pytest.mark.parametrize("pair", CIFAR, ids=lambda p: p.name)
 def test_files_validate_and_hold_the_reference_values(pair):
     params = read_yaml(ROOT / "params.yaml")
     lr, beta = REFERENCE_PAIRS[(pair.teacher, pair.student)]
@@ -96,3 +116,25 @@ def test_the_table_gives_mean_and_std_over_seeds_next_to_the_published_numbers()
     lines = table.markdown(table.experiments(shown)).splitlines()
     assert lines[2:] == ["| resnet56-resnet20 | dkd | 1 | 71.50 | 71.00 | 70.66 | 71.97 |",
                          "| vgg13-vgg8 | kd | 2 | 73.50 ± 0.71 | 73.00 ± 0.71 | 72.98 | 74.68 |"]
+
+
+@pytest.mark.parametrize("pair", [p for p in PAIRS if p.dataset == "imagenet"], ids=lambda p: p.name)
+def test_imagenet_files_hold_the_reference_imagenet_configurations(pair):
+    params = read_yaml(ROOT / "params.yaml")
+    for path in files(PROTOCOLS / "imagenet" / pair.name):
+        sets = yaml.safe_load(path.read_text())
+        assert sets == protocol(pair, path.stem), f"{path} is stale: run python -m protocols.write"
+        p = parse_params(runner.merged(params, sets, str(path)), str(path), every_method=False)
+        assert (p.data.name, p.data.image_size, p.data.streams) == ("imagenet", 224, True)
+        assert (p.teacher.arch, p.student.arch, p.method) == (pair.teacher, pair.student, path.stem)
+        assert p.teacher.checkpoint.startswith(f"teachers/imagenet/{pair.teacher.removeprefix('imagenet_')}-")
+        assert {k: getattr(p.student.train, k) for k in IMAGENET_SCHEDULE} == IMAGENET_SCHEDULE
+        batch, lr, weights = IMAGENET_METHODS[path.stem]
+        if (pair.student, path.stem) == ("imagenet_mobilenet_v1", "ofd"):
+            batch, lr = 128, 0.05
+        assert (p.student.train.batch_size, p.student.train.lr) == (batch, lr), path
+        want = {**weights, **IMAGENET_BY_PAIR.get((pair.teacher, pair.student, path.stem), {}),
+                **({"beta": IMAGENET_PAIRS[(pair.teacher, pair.student)]} if path.stem == "dkd" else {})}
+        m = p.method_params()
+        assert {k: getattr(m, k) for k in want} == want, path
+        assert not p.teacher_cache.enabled
