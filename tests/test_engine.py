@@ -10,7 +10,7 @@ from dataset.store import Split
 from core.errors import KdlensError
 from dataset.loader import Loader, crop_flip, epoch_plan
 from training.params import TrainParams
-from training.trainer import fit, lr_at
+from training.trainer import Precision, fit, lr_at, precision
 from models.base import Classifier, Features
 
 
@@ -74,6 +74,18 @@ def test_crop_flip_matches_a_per_sample_reference():
     ref0 = padded[0, :, 0:5, 8:13]
     ref1 = padded[1, :, 4:9, 4:9].flip(-1)
     assert torch.equal(out[0], ref0) and torch.equal(out[1], ref1)
+
+
+def test_precision_is_off_on_cpu_and_bf16_falls_back_to_fp16_with_a_scaler(monkeypatch):
+    assert precision(TrainParams(amp=True, channels_last=True), torch.device("cpu")) == Precision()
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    bf16 = precision(TrainParams(), cuda)
+    assert (bf16.dtype, bf16.channels_last, bf16.scaled) == (torch.bfloat16, True, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100
+    fp16 = precision(TrainParams(), cuda)
+    assert (fp16.dtype, fp16.scaled) == (torch.float16, True)
+    assert precision(TrainParams(amp=False, channels_last=False), cuda) == Precision()
 
 
 def test_lr_schedules():

@@ -64,7 +64,8 @@ def test_imagenet_layout_streams_through_every_stage(repo):
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-qm", "an ImageNet-layout folder")
     out = _run(repo, "dvc", "exp", "run", "-n", "imagenet-run", "-S", "data.name=imagenet", "-S", "data.root=inet",
-               "-S", "data.image_size=64", "-S", "data.workers=2", "-S", "teacher.arch=imagenet_resnet18",
+               "-S", "data.masks=null", "-S", "data.image_size=64", "-S", "data.workers=2",
+               "-S", "teacher.arch=imagenet_resnet18",
                "-S", "student.arch=imagenet_mobilenet_v1")
     assert "skipped 1 image and 0 mask files" in out.stderr and "broken.JPEG: unreadable" in out.stderr
 
@@ -76,6 +77,8 @@ def test_imagenet_layout_streams_through_every_stage(repo):
     for role, arch in (("teacher", "imagenet_resnet18"), ("student", "imagenet_mobilenet_v1")):
         m = json.loads((repo / f"metrics/{role}.json").read_text())
         assert m["arch"] == arch and m["dataset"] == "imagenet" and 0.0 <= m["test_top1"] <= 100.0
+    # kd read the teacher cache: it was built over the very views the streamed student saw.
+    assert json.loads((repo / "metrics/student.json").read_text())["teacher_source"] == "cache"
     report = json.loads((repo / "metrics/report.json").read_text())
     assert report["dataset"] == "imagenet" and len(report["knowledge"]["image_ids"]) == 4
     assert "centre-box prior" in report["knowledge"]["masks"]["source"]  # a streamed folder has no masks
