@@ -123,16 +123,23 @@ class Loader(BatchLoader):
 
 
 class _EpochBatches(Sampler):
-    """The batch sampler of one epoch: the loader sets ``batches`` (lists of (epoch, index)) before each pass."""
+    """The batch sampler of one pass: ``start`` gives it the pass's batches of (epoch, index), made one
+    batch at a time as the DataLoader asks (an epoch's whole list would grow with the dataset)."""
 
-    def __init__(self):
-        self.batches: list[list[tuple[int, int]]] = []
+    def __init__(self, loader: "StreamLoader"):
+        self.loader = loader
+        self.pass_batches: Iterator[list[tuple[int, int]]] = iter(())
+
+    def start(self, epoch: int, rank: int, ranks: int) -> None:
+        plan = self.loader.plan(epoch)
+        self.pass_batches = ([(epoch, int(i)) for i in self.loader.share(plan, step, rank, ranks)]
+                             for step in range(len(self.loader)))
 
     def __iter__(self):
-        return iter(self.batches)
+        return self.pass_batches
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.loader)
 
 
 class StreamLoader(BatchLoader):
@@ -143,7 +150,7 @@ class StreamLoader(BatchLoader):
                  augment: bool = False, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
         super().__init__(split.labels, mean, std, batch_size, device, augment, shuffle, seed, drop_last)
         self.split = split
-        self._sampler = _EpochBatches()
+        self._sampler = _EpochBatches(self)
         # Its own generator: a DataLoader draws a base seed for its workers on every pass, which would
         # otherwise come from the global generator the trainer seeds for dropout and the methods' sampling.
         # The views never read that seed (view_seed), so neither generator changes a pixel.
@@ -153,10 +160,8 @@ class StreamLoader(BatchLoader):
 
     def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1
                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        plan = self.plan(epoch)
-        shares = [self.share(plan, step, rank, ranks) for step in range(len(self))]
-        self._sampler.batches = [[(epoch, int(i)) for i in idx] for idx in shares]
-        for idx, x in zip(shares, self._loader):
+        self._sampler.start(epoch, rank, ranks)
+        for x, idx in self._loader:  # the workers hand back each view's index with it
             idx_dev = idx.to(self.device)
             yield self.normalise(x.to(self.device, non_blocking=True)), self.labels[idx_dev], idx_dev
 

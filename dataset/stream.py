@@ -135,8 +135,8 @@ class StreamSplit:
 
 
 class ImageViews(Dataset):
-    """``views[(epoch, index)]``: the uint8 view of image ``index`` in ``epoch`` (training views) or its
-    test view (``augment`` False); decoded in whichever worker process asks."""
+    """``views[(epoch, index)]``: (the uint8 view of image ``index`` in ``epoch`` (training views) or its
+    test view (``augment`` False), ``index``); decoded in whichever worker process asks."""
 
     def __init__(self, split: StreamSplit, augment: bool, seed: int):
         self.split, self.augment, self.seed = split, augment, seed
@@ -144,13 +144,13 @@ class ImageViews(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = key
         with self.split.open(index) as im:
             try:
                 if self.augment:
-                    return train_view(im, self.split.image_size, self.seed, epoch, index)
-                return test_view(im, self.split.image_size)
+                    return train_view(im, self.split.image_size, self.seed, epoch, index), index
+                return test_view(im, self.split.image_size), index
             except Exception as e:  # noqa: BLE001 - a decoder fails in many ways on changed bytes
                 raise KdlensError(f"{self.split.path(index)}: unreadable ({one_line(e)}); the folder changed "
                                   "after prepare_data: re-run dvc repro -f prepare_data") from None
