@@ -96,7 +96,7 @@ class Method(nn.Module):
         if self.uses_features and not ctx.student.exposes_features:
             raise MethodNotApplicable(f"method {self.name!r} matches intermediate features, which "
                                       f"{type(ctx.student).__name__} does not expose; use a logit-only "
-                                      "method (ce, ls, kd, dkd)")
+                                      "method (ce, ls, kd, dkd, dist, nkd, wttm)")
         self.params = params
         self.ctx = ctx
 

@@ -115,3 +115,19 @@ def full_precision(fn):
             return fn(*_upcast(args), **{k: _upcast(v) for k, v in kwargs.items()})
 
     return wrapper
+
+
+def distinct_preact_stages(model: nn.Module, n: int) -> list[int]:
+    """Indices of the stages whose pre-activation is not a repeat of the previous stage's.
+
+    A final tap may re-expose the previous stage's pre-activation (WRN: ``preact[-1]`` and ``preact[-2]`` are
+    both the output of the final BN, so ``bn_before_relu()`` lists that BN twice); distilling it twice would
+    only re-weight that stage, so the repeat is dropped. Models without ``bn_before_relu()`` keep every stage.
+    """
+    try:
+        bns = model.bn_before_relu()
+    except NotImplementedError:
+        return list(range(n))
+    if len(bns) != n:
+        return list(range(n))
+    return [i for i in range(n) if i == 0 or bns[i] is not bns[i - 1]]

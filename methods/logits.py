@@ -24,7 +24,7 @@ def _kl_rows(log_p_t: torch.Tensor, log_p_s: torch.Tensor) -> torch.Tensor:
     return torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros_like(p_t)).sum(dim=1)
 
 
-def _binary_and_nontarget_log_probs(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
+def binary_and_nontarget_log_probs(logits: torch.Tensor, targets: torch.Tensor, temperature: float):
     """log [p_g, 1-p_g] (B,2) and log p_hat over the non-target classes (B,N-1), at temperature T."""
     z = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # fp16 -> fp32
     b, n = z.shape
@@ -42,8 +42,8 @@ def dkd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, targets: torch.Tens
     """(TCKD, NCKD), each T^2 * batch-mean KL(teacher || student), unweighted and without warm-up."""
     if logits_s.shape[1] < 2:
         raise ValueError("DKD needs at least two classes")
-    bin_s, hat_s = _binary_and_nontarget_log_probs(logits_s, targets, temperature)
-    bin_t, hat_t = _binary_and_nontarget_log_probs(logits_t, targets, temperature)
+    bin_s, hat_s = binary_and_nontarget_log_probs(logits_s, targets, temperature)
+    bin_t, hat_t = binary_and_nontarget_log_probs(logits_t, targets, temperature)
     scale = temperature**2
     tckd = _kl_rows(bin_t, bin_s).mean() * scale
     nckd = _kl_rows(hat_t, hat_s).mean() * scale

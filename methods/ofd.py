@@ -49,7 +49,7 @@ from torch import nn
 from models.base import feature_shapes
 
 from .base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
-from .common import conv1x1_bn, pair_from_end, pool_to
+from .common import conv1x1_bn, distinct_preact_stages, pair_from_end, pool_to
 from .registry import register
 
 _CDF_FLOOR = 1e-3  # below this Phi(-m/s) the conditional mean is numerically unreliable: use -3 s
@@ -71,22 +71,6 @@ def ofd_loss(s: torch.Tensor, t: torch.Tensor, margin: torch.Tensor) -> torch.Te
     t = torch.maximum(t, margin.view(1, -1, 1, 1).to(t.dtype))
     mask = (s > t) | (t > 0)
     return ((s - t).pow(2) * mask).sum() / s.shape[0]
-
-
-def distinct_preact_stages(model: nn.Module, n: int) -> list[int]:
-    """Indices of the stages whose pre-activation is not a repeat of the previous stage's.
-
-    A final tap may re-expose the previous stage's pre-activation (WRN: ``preact[-1]`` and ``preact[-2]`` are
-    both the output of the final BN, so ``bn_before_relu()`` lists that BN twice); distilling it twice would
-    only re-weight that stage, so the repeat is dropped. Models without ``bn_before_relu()`` keep every stage.
-    """
-    try:
-        bns = model.bn_before_relu()
-    except NotImplementedError:
-        return list(range(n))
-    if len(bns) != n:
-        return list(range(n))
-    return [i for i in range(n) if i == 0 or bns[i] is not bns[i - 1]]
 
 
 class OFDParams(MethodParams):
