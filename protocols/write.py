@@ -54,6 +54,8 @@ def cifar_sets(pair: Pair, method: str) -> dict:
     params = methods.get(method).Params().model_dump(mode="json")
     if method == "dkd":
         params["beta"] = pair.dkd_beta  # the DKD paper's per-pair beta
+    if "init_lr" in params:  # AB's and FSP's initialisation phase runs at the student's lr (RepDistiller)
+        params["init_lr"] = lr
     sets.update({f"methods.{method}.{k}": v for k, v in params.items()})
     if methods.get(method).needs_supervision:  # letKD's k-means / LDA at the paper's CIFAR-100 sizes
         sets.update({f"supervision.{k}": v for k, v in SupervisionParams().model_dump(mode="json").items()})

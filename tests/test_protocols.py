@@ -34,6 +34,8 @@ REFERENCE_METHODS = {  # the loss weights and settings of the reference configur
     "nst": {"nst_weight": 50}, "ft": {"ft_weight": 200}, "ofd": {"ofd_weight": 1e-3}, "kdsvd": {"kdsvd_weight": 1},
     "crd": {"crd_weight": 0.8, "num_negatives": 16384, "temperature": 0.07, "momentum": 0.5, "feat_dim": 128},
     "dkd": {"ce_weight": 1, "alpha": 1, "T": 4, "warmup": 20}, "reviewkd": {"reviewkd_weight": 5, "warmup": 20},
+    "ab": {"ab_weight": 3e-3, "margin": 1, "init_epochs": 30}, "fsp": {"init_epochs": 30},
+    "dist": {"beta": 2, "gamma": 2, "T": 4}, "nkd": {"T": 3, "gamma": 3.5}, "cc": {"gamma": 0.4, "order": 2, "feat_dim": 128},
 }
 CIFAR = [p for p in PAIRS if p.dataset == "cifar100"]
 # ImageNet (the reference framework's ImageNet configurations): (teacher, student): DKD beta, and per method
@@ -57,8 +59,8 @@ def test_every_pair_has_a_file_per_method_that_can_serve_it():
     assert {(p.teacher, p.student) for p in CIFAR} == set(REFERENCE_PAIRS)
     found = {(f.parent.name, f.stem) for f in files(PROTOCOLS / "cifar100")}
     absent = {(p, m) for p in CIFAR for m in methods.names() if (p.name, m) not in found}
-    assert {m for _, m in absent} == {"kdsvd"}  # it needs equal channel counts in each paired stage
-    assert not any(serves(p, m) for p, m in absent) and serves(CIFAR[0], "kdsvd")
+    assert {m for _, m in absent} == {"kdsvd", "fsp"}  # they need equal channel counts in each paired stage
+    assert not any(serves(p, m) for p, m in absent) and serves(CIFAR[0], "kdsvd") and serves(CIFAR[0], "fsp")
     assert ("resnet56-resnet20", "kdsvd") in found and len(found) == len(CIFAR) * len(methods.names()) - len(absent)
     # ImageNet: the methods the reference framework runs there, on both of its pairs.
     imagenet = {(f.parent.name, f.stem) for f in files(PROTOCOLS / "imagenet")}
@@ -78,7 +80,8 @@ def test_files_validate_and_hold_the_reference_values(pair):
         assert p.teacher.checkpoint == f"teachers/cifar_teachers/{pair.teacher}_vanilla/ckpt_epoch_240.pth"
         assert p.student.train.lr == lr and not p.student.train.amp
         assert {k: getattr(p.student.train, k) for k in REFERENCE_SCHEDULE} == REFERENCE_SCHEDULE
-        want = {**REFERENCE_METHODS.get(path.stem, {}), **({"beta": beta} if path.stem == "dkd" else {})}
+        want = {**REFERENCE_METHODS.get(path.stem, {}), **({"beta": beta} if path.stem == "dkd" else {}),
+                **({"init_lr": lr} if path.stem in ("ab", "fsp") else {})}
         assert {k: getattr(m, k) for k in want} == want, path
         if methods.get(path.stem).needs_supervision:  # letKD at the paper's CIFAR-100 sizes
             assert (p.supervision.k, p.supervision.lda_dim) == (4096, 60)
