@@ -69,7 +69,9 @@ def _rgb(im: Image.Image) -> Image.Image:
 def train_view(im: Image.Image, size: int, seed: int, epoch: int, index: int) -> torch.Tensor:
     """uint8 [3, size, size]: RandomResizedCrop + horizontal flip of the opened (undecoded) ``im``."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(view_seed(seed, epoch, index))
+        # CPU generator only: torch.manual_seed also seeds CUDA/MPS/XPU, and while CUDA is not initialised it
+        # queues that seed with traceback.format_stack() (~0.3 ms a call, more in a DataLoader worker)
+        torch.default_generator.manual_seed(view_seed(seed, epoch, index))
         box = v2.RandomResizedCrop(size).make_params([im])  # reads the header's size only
         flip = bool(torch.rand(1) < 0.5)
     top, left, height, width = box["top"], box["left"], box["height"], box["width"]
