@@ -35,8 +35,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
 
 from core.errors import KdlensError, one_line
 
@@ -54,6 +52,16 @@ def view_seed(seed: int, epoch: int, index: int) -> int:
                & 0x7FFF_FFFF_FFFF_FFFF)
 
 
+def torchvision_transforms():
+    """(torchvision.transforms.v2, its functional module), imported when a view is first made: importing
+    torchvision (which loads torch._dynamo) adds ~2 s to the start of every stage process, and only
+    streamed data needs it here (dataset/cifar.py defers its torchvision import for the same reason)."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import functional
+
+    return v2, functional
+
+
 def _draft(im: Image.Image, width: float, height: float) -> tuple[float, float]:
     """Let a JPEG decode at the smallest scale still at least ``width`` x ``height``; returns the scale
     actually taken per axis (1 for other formats)."""
@@ -68,6 +76,7 @@ def _rgb(im: Image.Image) -> Image.Image:
 
 def train_view(im: Image.Image, size: int, seed: int, epoch: int, index: int) -> torch.Tensor:
     """uint8 [3, size, size]: RandomResizedCrop + horizontal flip of the opened (undecoded) ``im``."""
+    v2, F = torchvision_transforms()
     with torch.random.fork_rng(devices=[]):
         # CPU generator only: torch.manual_seed also seeds CUDA/MPS/XPU, and while CUDA is not initialised it
         # queues that seed with traceback.format_stack() (~0.3 ms a call, more in a DataLoader worker)
@@ -84,6 +93,7 @@ def train_view(im: Image.Image, size: int, seed: int, epoch: int, index: int) ->
 
 def test_view(im: Image.Image, size: int) -> torch.Tensor:
     """uint8 [3, size, size]: the shorter side resized to size x 256/224, then the centre crop."""
+    _, F = torchvision_transforms()
     short = round(size * TEST_RESIZE)
     scale = short / min(im.size)
     _draft(im, im.size[0] * scale, im.size[1] * scale)

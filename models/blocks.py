@@ -202,3 +202,11 @@ def init_weights(model: nn.Module, linear: str = "default") -> nn.Module:
             elif linear != "default":
                 raise ValueError(f"unknown linear init {linear!r}")
     return model
+
+
+def torchvision_models():
+    """torchvision.models, imported when an ImageNet model is built: importing torchvision (which loads
+    torch._dynamo) adds ~2 s to the start of every stage process, and only these families need it."""
+    import torchvision.models
+
+    return torchvision.models

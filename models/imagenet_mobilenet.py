@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from .base import Classifier, Features
-from .blocks import init_weights, make_features
+from .blocks import init_weights, make_features, torchvision_models
 from .registry import register
 
 _FUNCTIONAL = {nn.ReLU: F.relu, nn.ReLU6: F.relu6}  # a block's final activation module -> the same, not in place
@@ -136,7 +135,7 @@ class TorchvisionMobileNetV2(CutSequential):
 
     def __init__(self, num_classes: int):
         super().__init__()
-        net = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
+        net = torchvision_models().mobilenet_v2(weights=None, num_classes=num_classes)
         self.features = net.features
         # Registered under torchvision's name, which the ``classifier`` property below also holds: the
         # assignment goes to the module registry (nn.Module.__setattr__), the property reads its Linear.

@@ -25,32 +25,34 @@ plus the shortcut is ``preact`` (OFD's margins, as in mdistiller's ``get_bn_befo
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .base import Classifier, Features
-from .blocks import make_features
+from .blocks import make_features, torchvision_models
 from .registry import register
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def out_bn(block: BasicBlock | Bottleneck) -> nn.BatchNorm2d:
+def is_bottleneck(block: nn.Module) -> bool:
+    """torchvision's Bottleneck (conv1-3, bn1-3) rather than its BasicBlock (conv1-2, bn1-2)."""
+    return hasattr(block, "bn3")
+
+
+def out_bn(block: nn.Module) -> nn.BatchNorm2d:
     """The BN whose output, plus the shortcut, is the block's pre-activation sum."""
-    return block.bn3 if isinstance(block, Bottleneck) else block.bn2
+    return block.bn3 if is_bottleneck(block) else block.bn2
 
 
-def forward_pre(block: BasicBlock | Bottleneck, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_pre(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, residual sum before the final ReLU) of a torchvision block, from the block's own modules
     (the same operations as its ``forward``, which applies the ReLU in place and keeps no sum)."""
     identity = x if block.downsample is None else block.downsample(x)
     out = F.relu(block.bn1(block.conv1(x)))
-    if isinstance(block, Bottleneck):
+    if is_bottleneck(block):
         out = F.relu(block.bn2(block.conv2(out)))
         pre = block.bn3(block.conv3(out)) + identity
     else:
@@ -59,9 +61,9 @@ def forward_pre(block: BasicBlock | Bottleneck, x: torch.Tensor) -> tuple[torch.
 
 
 class ImageNetResNet(Classifier):
-    def __init__(self, build: Callable[..., torchvision.models.ResNet], num_classes: int):
+    def __init__(self, depth: int, num_classes: int):
         super().__init__()
-        net = build(weights=None, num_classes=num_classes)
+        net = getattr(torchvision_models(), f"resnet{depth}")(weights=None, num_classes=num_classes)
         self.conv1, self.bn1, self.maxpool = net.conv1, net.bn1, net.maxpool
         for name in STAGES:
             self.add_module(name, getattr(net, name))
@@ -97,4 +99,4 @@ class ImageNetResNet(Classifier):
 
 
 for _depth in (18, 34, 50, 101):
-    register(f"imagenet_resnet{_depth}")(partial(ImageNetResNet, getattr(torchvision.models, f"resnet{_depth}")))
+    register(f"imagenet_resnet{_depth}")(partial(ImageNetResNet, _depth))
