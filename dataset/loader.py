@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from .store import Split
-from .stream import ImageViews, StreamSplit
+from .stream import ImageViews, StreamSplit, torchvision_transforms
 
 PAD = 4  # reflect-free zero padding of the standard CIFAR crop+flip augmentation
 
@@ -152,6 +152,7 @@ class StreamLoader(BatchLoader):
                  augment: bool = False, shuffle: bool = False, seed: int = 0, drop_last: bool = False):
         super().__init__(split.labels, mean, std, batch_size, device, augment, shuffle, seed, drop_last)
         self.split = split
+        torchvision_transforms()  # imported before the workers fork, so that each inherits it (~2 s apiece)
         self._sampler = _EpochBatches(self)
         # Its own generator: a DataLoader draws a base seed for its workers on every pass, which would
         # otherwise come from the global generator the trainer seeds for dropout and the methods' sampling.
