@@ -81,19 +81,19 @@ def build_index(p: DataParams, out_dir: str | Path) -> dict:
     classes, items, skipped = scan(root, IMAGENET_DIRS if imagenet else FOLDER_DIRS, p.name)
     lost = len(skipped)
     digest = hashlib.sha256()
-    kept, moments = {}, None
+    kept, labels, moments = {}, {}, None
     for split in SPLITS:
         kept[split], why, m = _check_split(root, items[split], p.max_pixels, p.workers, split, digest)
         skipped += why
         lost += len(why)
-        labels = np.array([it.label for it in kept[split]], np.int64)
-        empty = np.flatnonzero(np.bincount(labels, minlength=len(classes)) == 0)
+        labels[split] = np.array([it.label for it in kept[split]], np.int64)
+        empty = np.flatnonzero(np.bincount(labels[split], minlength=len(classes)) == 0)
         if len(empty):
             raise KdlensError(f"{root / (IMAGENET_DIRS if imagenet else FOLDER_DIRS)[split] / classes[empty[0]]}: "
                               "none of its images could be read (all unreadable, empty, too large or linked from "
                               "outside data.root); fix or replace them")
         if split == "train":
-            moments = m / len(labels)
+            moments = m / len(labels[split])
     if imagenet:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:
@@ -102,11 +102,9 @@ def build_index(p: DataParams, out_dir: str | Path) -> dict:
     with atomic_dir(out_dir) as tmp:
         files = {}
         for split in SPLITS:
-            files.update(save_split(tmp, split, [it.rel for it in kept[split]],
-                                    np.array([it.label for it in kept[split]], np.int64)))
+            files.update(save_split(tmp, split, [it.rel for it in kept[split]], labels[split]))
         card = {
-            **card_counts(classes, *(np.array([it.label for it in kept[s]], np.int64) for s in SPLITS),
-                          [3, p.image_size, p.image_size]),
+            **card_counts(classes, labels["train"], labels["test"], [3, p.image_size, p.image_size]),
             "storage": "stream", "root": p.root, "image_size": p.image_size,
             "has_masks": False, "mask_counts": {"train": 0, "test": 0}, "mask_source": None,
             "mean": mean, "std": std, "files": files, "sha256": digest.hexdigest(),

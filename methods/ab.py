@@ -68,7 +68,7 @@ from torch import nn
 from models.base import feature_shapes
 
 from .base import Method, MethodParams, Phase, cross_entropy_term
-from .common import conv1x1_bn, distinct_preact_stages, full_precision, pair_from_end, pool_to
+from .common import body_parameters, conv1x1_bn, distinct_preact_stages, full_precision, pair_from_end, pool_to
 from .registry import register
 
 
@@ -121,10 +121,8 @@ class AB(Method):
 
     def phases(self) -> list[Phase]:
         p = self.params
-        head = {id(q) for q in self.ctx.student.classifier.parameters()}
-        body = [q for q in self.ctx.student.parameters() if id(q) not in head]
         return [Phase(name="init", epochs=p.init_epochs, lr=p.init_lr,
-                      parameters=body + list(self.connectors.parameters()), losses=self.init_losses,
+                      parameters=body_parameters(self.ctx.student) + list(self.connectors.parameters()), losses=self.init_losses,
                       train_modules=[self.ctx.student, self])]
 
     def losses(self, student, teacher, targets, index, epoch):

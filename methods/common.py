@@ -131,3 +131,10 @@ def distinct_preact_stages(model: nn.Module, n: int) -> list[int]:
     if len(bns) != n:
         return list(range(n))
     return [i for i in range(n) if i == 0 or bns[i] is not bns[i - 1]]
+
+
+def body_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` but its head ``classifier``'s (RepDistiller's ``get_feat_modules()``:
+    what AB's and FSP's initialisation phases train)."""
+    head = {id(q) for q in model.classifier.parameters()}
+    return [q for q in model.parameters() if id(q) not in head]

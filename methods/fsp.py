@@ -54,7 +54,7 @@ from pydantic import Field
 from models.base import feature_shapes
 
 from .base import Method, MethodNotApplicable, MethodParams, Phase, cross_entropy_term
-from .common import align_spatial, distinct_preact_stages, full_precision, pair_from_end
+from .common import align_spatial, body_parameters, distinct_preact_stages, full_precision, pair_from_end
 from .registry import register
 
 
@@ -120,9 +120,7 @@ class FSP(Method):
 
     def phases(self) -> list[Phase]:
         p = self.params
-        head = {id(q) for q in self.ctx.student.classifier.parameters()}
-        body = [q for q in self.ctx.student.parameters() if id(q) not in head]
-        return [Phase(name="init", epochs=p.init_epochs, lr=p.init_lr, parameters=body,
+        return [Phase(name="init", epochs=p.init_epochs, lr=p.init_lr, parameters=body_parameters(self.ctx.student),
                       losses=self.init_losses, train_modules=[self.ctx.student])]
 
     def losses(self, student, teacher, targets, index, epoch):
