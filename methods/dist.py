@@ -34,8 +34,9 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from .base import Method, MethodParams, cross_entropy_term
+from .base import Method, cross_entropy_term
 from .common import full_precision
+from .logits import LogitParams, distillation_logits
 from .registry import register
 
 PEARSON_EPS = 1e-8
@@ -60,7 +61,7 @@ def dist_loss(logits_s: torch.Tensor, logits_t: torch.Tensor,
     return inter, intra
 
 
-class DISTParams(MethodParams):
+class DISTParams(LogitParams):
     ce_weight: float = Field(1.0, ge=0)
     beta: float = Field(2.0, ge=0)  # inter-class relation weight
     gamma: float = Field(2.0, ge=0)  # intra-class relation weight
@@ -75,7 +76,7 @@ class DIST(Method):
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params
-        inter, intra = dist_loss(student[0], teacher[0].detach(), p.T)
+        inter, intra = dist_loss(*distillation_logits(student[0], teacher[0], p), p.T)
         return {
             "ce": cross_entropy_term(student[0], targets, p.ce_weight),
             "dist_inter": p.beta * inter,

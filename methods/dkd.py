@@ -31,13 +31,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Method, MethodParams, cross_entropy_term
+from .base import Method, cross_entropy_term
 from .common import warmup_factor
-from .logits import dkd_loss
+from .logits import LogitParams, distillation_logits, dkd_loss
 from .registry import register
 
 
-class DKDParams(MethodParams):
+class DKDParams(LogitParams):
     ce_weight: float = Field(1.0, ge=0)
     alpha: float = Field(1.0, ge=0)  # TCKD weight
     beta: float = Field(8.0, ge=0)  # NCKD weight: tuned per pair (see the module docstring)
@@ -53,7 +53,7 @@ class DKD(Method):
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params
-        tckd, nckd = dkd_loss(student[0], teacher[0].detach(), targets, p.T)
+        tckd, nckd = dkd_loss(*distillation_logits(student[0], teacher[0], p), targets, p.T)
         w = warmup_factor(epoch, p.warmup)
         return {
             "ce": cross_entropy_term(student[0], targets, p.ce_weight),

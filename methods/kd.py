@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .base import Method, MethodParams, cross_entropy_term
-from .logits import kd_loss
+from .base import Method, cross_entropy_term
+from .logits import LogitParams, distillation_logits, kd_loss
 from .registry import register
 
 
-class KDParams(MethodParams):
+class KDParams(LogitParams):
     T: float = Field(4.0, gt=0)
     ce_weight: float = Field(0.1, ge=0)
     kd_weight: float = Field(0.9, ge=0)
@@ -28,7 +28,8 @@ class KD(Method):
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params
+        z_s, z_t = distillation_logits(student[0], teacher[0], p)
         return {
             "ce": cross_entropy_term(student[0], targets, p.ce_weight),
-            "kd": p.kd_weight * kd_loss(student[0], teacher[0].detach(), p.T),
+            "kd": p.kd_weight * kd_loss(z_s, z_t, p.T),
         }

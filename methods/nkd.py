@@ -42,8 +42,8 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from .base import Method, MethodParams, cross_entropy_term
-from .logits import binary_and_nontarget_log_probs
+from .base import Method, cross_entropy_term
+from .logits import LogitParams, binary_and_nontarget_log_probs, distillation_logits
 from .registry import register
 
 
@@ -62,7 +62,7 @@ def nkd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, targets: torch.Tens
     return target, non_target
 
 
-class NKDParams(MethodParams):
+class NKDParams(LogitParams):
     ce_weight: float = Field(1.0, ge=0)
     gamma: float = Field(3.5, ge=0)  # non-target weight
     T: float = Field(3.0, gt=0)  # temperature of the non-target part only
@@ -76,7 +76,7 @@ class NKD(Method):
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params
-        target, non_target = nkd_loss(student[0], teacher[0].detach(), targets, p.T)
+        target, non_target = nkd_loss(*distillation_logits(student[0], teacher[0], p), targets, p.T)
         return {
             "ce": cross_entropy_term(student[0], targets, p.ce_weight),
             "nkd_target": target,

@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .base import Method, MethodParams, cross_entropy_term
+from .base import Method, cross_entropy_term
 from .common import full_precision
+from .logits import LogitParams, distillation_logits
 from .registry import register
 
 
@@ -51,7 +52,7 @@ def wttm_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, gamma: float) -> t
     return (log_u.exp() * kl).mean()
 
 
-class WTTMParams(MethodParams):
+class WTTMParams(LogitParams):
     ce_weight: float = Field(1.0, ge=0)
     wttm_weight: float = Field(4.0, ge=0)  # beta
     gamma: float = Field(0.2, gt=0)  # power-transform exponent, 1/T
@@ -67,5 +68,5 @@ class WTTM(Method):
         p = self.params
         return {
             "ce": cross_entropy_term(student[0], targets, p.ce_weight),
-            "wttm": p.wttm_weight * wttm_loss(student[0], teacher[0].detach(), p.gamma),
+            "wttm": p.wttm_weight * wttm_loss(*distillation_logits(student[0], teacher[0], p), p.gamma),
         }
