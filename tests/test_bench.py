@@ -14,7 +14,7 @@ import yaml
 
 from conftest import ROOT, tiny_params
 
-pytestmark = pytest.mark.cost(50)
+pytestmark = pytest.mark.cost(55)
 
 
 def _bench(*args, cwd=ROOT, whole=False):

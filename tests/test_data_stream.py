@@ -14,7 +14,7 @@ from dataset import load_prepared, loader_for, prepare
 from dataset.params import DataParams
 from dataset.stream import IMAGENET_MEAN, StreamSplit, train_view
 
-pytestmark = pytest.mark.cost(25)
+pytestmark = pytest.mark.cost(21)
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
 SIDE = 32

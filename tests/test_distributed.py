@@ -24,7 +24,7 @@ from dataset.loader import Loader
 from stages.params import parse_params
 from test_engine import TinyNet
 
-pytestmark = pytest.mark.cost(55)
+pytestmark = pytest.mark.cost(80)
 
 # The two-process run against the one-process run with the same global batch (measured spread and the
 # reason for it: test_two_processes_match_one_process_and_resume).

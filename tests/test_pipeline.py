@@ -18,7 +18,7 @@ import yaml
 
 from conftest import ROOT, tiny_params
 
-pytestmark = pytest.mark.cost(320)
+pytestmark = pytest.mark.cost(450)
 
 BIN = Path(sys.executable).parent
 
@@ -245,20 +245,24 @@ def _start_ui(repo):
     raise AssertionError("MLflow UI did not answer /health within 60 s")
 
 
-def test_make_ui_serves_the_project_store(repo):
+@pytest.fixture(scope="module")
+def ui(repo):
+    """One `make ui` server for the module's UI tests (it reads the store live, so later runs show too)."""
+    server, base = _start_ui(repo)
+    yield base
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def test_make_ui_serves_the_project_store(repo, ui):
     import urllib.request
 
-    server, base = _start_ui(repo)
-    try:
-        body = json.dumps({"experiment_ids": [_runs(repo)[0].get_experiment_by_name("kdlens-scenes").experiment_id]})
-        req = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", data=body.encode(),
-                                     headers={"Content-Type": "application/json"})
-        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
-        stages = {t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "kdlens.stage"}
-        assert {"train_teacher", "distill", "report"} <= stages
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    body = json.dumps({"experiment_ids": [_runs(repo)[0].get_experiment_by_name("kdlens-scenes").experiment_id]})
+    req = urllib.request.Request(f"{ui}/api/2.0/mlflow/runs/search", data=body.encode(),
+                                 headers={"Content-Type": "application/json"})
+    runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
+    stages = {t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "kdlens.stage"}
+    assert {"train_teacher", "distill", "report"} <= stages
 
 
 SWEEP = ("at", "dkd")  # methods no earlier test ran, so every experiment executes and logs
@@ -347,12 +351,22 @@ def test_queued_sweep_compares_methods_in_dvc_and_mlflow(repo):
     before = {r.info.run_id for r in _runs(repo)[1]}
     _run(repo, "dvc", "exp", "run", "--queue", "-S", f"method={','.join(SWEEP)}")
     _run(repo, "dvc", "queue", "start", "-j", "2")
-    deadline = time.time() + 600
+    # Wait on the tracking store (a cheap query) for both experiments' last stage, and ask DVC (a ~2 s
+    # process) only every 30 s, to see a failed task early, and once at the end.
+    deadline, next_check = time.time() + 600, time.time() + 30
     while time.time() < deadline:
-        status = _run(repo, "dvc", "queue", "status").stdout
-        if not any(s in status for s in ("Queued", "Running")):
+        new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
+        if sum(r.data.tags["kdlens.stage"] == "report" for r in new) == len(SWEEP):
             break
-        time.sleep(3)
+        if time.time() > next_check:
+            if "Failed" in _run(repo, "dvc", "queue", "status").stdout:
+                break
+            next_check = time.time() + 30
+        time.sleep(2)
+    status = _run(repo, "dvc", "queue", "status").stdout
+    while any(s in status for s in ("Queued", "Running")) and time.time() < deadline:
+        time.sleep(1)  # a worker records its experiment just after the last stage's run is logged
+        status = _run(repo, "dvc", "queue", "status").stdout
     assert "Failed" not in status, status
     rows = _exp_rows(json.loads(_run(repo, "dvc", "exp", "show", "--json").stdout))
     top1 = {p.get("method"): m.get("metrics/student.json", {}).get("test_top1") for _, p, m in rows}
@@ -373,7 +387,7 @@ def test_queued_sweep_compares_methods_in_dvc_and_mlflow(repo):
     assert len({r.info.experiment_id for r in new}) == 1  # side by side in one MLflow experiment
 
 
-def test_mlflow_ui_shows_the_methods_side_by_side(repo):
+def test_mlflow_ui_shows_the_methods_side_by_side(repo, ui):
     if shutil.which("chromium") is None:
         pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
@@ -381,23 +395,18 @@ def test_mlflow_ui_shows_the_methods_side_by_side(repo):
     client, runs = _runs(repo)
     distills = {r.data.tags["kdlens.method"]: r for r in runs if r.data.tags["kdlens.stage"] == "distill"}
     exp_id = runs[0].info.experiment_id
-    server, base = _start_ui(repo)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{base}/#/experiments/{exp_id}/runs", wait_until="domcontentloaded")
-            for method in SWEEP:
-                expect(page.get_by_text(distills[method].info.run_name).first).to_be_visible(timeout=30000)
-            for method in SWEEP:
-                run = distills[method]
-                page.goto(f"{base}/#/experiments/{exp_id}/runs/{run.info.run_id}", wait_until="domcontentloaded")
-                row = page.get_by_role("row").filter(has_text="final/test_top1").first
-                expect(row).to_be_visible(timeout=30000)
-                expect(row).to_contain_text(repr(run.data.metrics["final/test_top1"])[:5])  # its test accuracy
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{ui}/#/experiments/{exp_id}/runs", wait_until="domcontentloaded")
+        for method in SWEEP:
+            expect(page.get_by_text(distills[method].info.run_name).first).to_be_visible(timeout=30000)
+        for method in SWEEP:
+            run = distills[method]
+            page.goto(f"{ui}/#/experiments/{exp_id}/runs/{run.info.run_id}", wait_until="domcontentloaded")
+            row = page.get_by_role("row").filter(has_text="final/test_top1").first
+            expect(row).to_be_visible(timeout=30000)
+            expect(row).to_contain_text(repr(run.data.metrics["final/test_top1"])[:5])  # its test accuracy
+        browser.close()

@@ -10,7 +10,7 @@ import pytest
 
 from test_pipeline import _run, tiny_project
 
-pytestmark = pytest.mark.cost(60)
+pytestmark = pytest.mark.cost(80)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 from conftest import ROOT
 from test_pipeline import BIN, _free_port, _run, repo  # noqa: F401 (repo: the tiny project, one per module)
 
-pytestmark = pytest.mark.cost(60)
+pytestmark = pytest.mark.cost(95)
 
 STAGES = ["check_params", "prepare_data", "train_teacher"]
 TRACKED = STAGES[1:]  # check_params computes nothing and logs no MLflow run
