@@ -125,6 +125,10 @@ class Method(nn.Module):
         wrote into ``directory``, as ``ctx.supervision`` expects it."""
         raise NotImplementedError(f"method {cls.name!r} reads no supervision")
 
+    def epoch_diagnostics(self) -> dict[str, float]:
+        """Merged into each epoch's training record by the trainer (ctkd: its learnt temperature); none by default."""
+        return {}
+
     def extra_parameter_count(self) -> int:
         """Trainable parameters and buffers the method adds on top of the student (mdistiller's 'extra cost')."""
         return sum(p.numel() for p in self.parameters()) + sum(b.numel() for b in self.buffers())

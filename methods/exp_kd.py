@@ -3,7 +3,8 @@ Blenderama/Exp-KD, a fork of mdistiller, 2022-2024): the student matches the tea
 maps (CAMs). Beyond the paper's abstract, what is implemented here follows that code and its framework
 figure (its saliency map for evaluation is ``cam_saliency``).
 
-CAM of class c on a final pre-pooling map F (C x H x W) with the network's own linear head W (N x C):
+CAM of class c on a final pre-pooling map F (C x H x W) with the network's own linear head W (N x C)
+(``methods.cam``, shared with ``cat_kd``):
 
     M_c[h, w] = ReLU( agg_k W[c, k] * F[k, h, w] ),    agg = mean (Exp-KD: (1/C) sum_k) or sum
 
@@ -65,21 +66,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from .base import Method, MethodNotApplicable, MethodParams, cross_entropy_term
+from .cam import check_linear_heads, class_activation_maps, l2_normalize_maps
 from .common import warmup_factor
 from .logits import dkd_loss, kd_loss
 from .registry import register
 
 Norm = Literal["softmax_class", "softmax_spatial", "l2_spatial", "none", "softmax_batch_as_coded"]
 Reduction = Literal["sum", "mean", "batchmean"]
-
-
-def class_activation_maps(feat: torch.Tensor, weight: torch.Tensor, classes: torch.Tensor,
-                          agg: Literal["mean", "sum"] = "mean", relu: bool = True) -> torch.Tensor:
-    """CAMs [B, k, H, W] of ``classes`` [B, k] from a pre-pooling map [B, C, H, W] and a head weight [N, C]."""
-    m = torch.einsum("bkc,bchw->bkhw", weight[classes].to(feat.dtype), feat)
-    if agg == "mean":
-        m = m / feat.shape[1]
-    return F.relu(m) if relu else m
 
 
 def cam_saliency(feat: torch.Tensor, weight: torch.Tensor, logits: torch.Tensor,
@@ -101,7 +94,7 @@ def normalize_cams(m: torch.Tensor, norm: Norm, temperature: float) -> torch.Ten
     if norm == "softmax_spatial":
         return F.softmax(m.flatten(2) / temperature, dim=2).view_as(m)
     if norm == "l2_spatial":
-        return F.normalize(m.flatten(2), dim=2).view_as(m)
+        return l2_normalize_maps(m)
     if norm == "none":
         return m
     if norm == "softmax_batch_as_coded":
@@ -178,11 +171,7 @@ class ExpKD(Method):
 
     def __init__(self, params: ExpKDParams, ctx):
         super().__init__(params, ctx)
-        for role, net in (("student", ctx.student), ("teacher", ctx.teacher)):
-            head = getattr(net, "classifier", None)
-            if not isinstance(head, torch.nn.Linear) or head.out_features != ctx.num_classes:
-                raise MethodNotApplicable(f"exp_kd needs a Linear head over {ctx.num_classes} classes on the "
-                                          f"{role} (CAM = head weight x last map)")
+        check_linear_heads(self.name, ctx)
         if params.class_set == "topk_teacher" and params.norm == "softmax_class" and ctx.num_classes < 2:
             raise MethodNotApplicable("exp_kd's class softmax needs at least two classes")
 

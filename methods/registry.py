@@ -18,7 +18,7 @@ from torch import nn
 from .base import Method, MethodContext, MethodParams
 
 _METHODS: dict[str, type[Method]] = {}
-NOT_METHODS = {"base", "registry", "common", "logits"}  # modules of this package that hold no method
+NOT_METHODS = {"base", "registry", "common", "logits", "cam"}  # modules of this package that hold no method
 
 
 def register(cls: type[Method]) -> type[Method]:

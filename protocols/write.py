@@ -5,7 +5,8 @@ One file per pair and method of the pair's recipe that can serve the pair (check
 it: kdsvd needs equal channel counts, so most CIFAR pairs have none).
 
 * CIFAR-100: every method, each at its schema's defaults (its CIFAR settings; each method's docstring cites
-  them), DKD's beta per pair.
+  them), DKD's beta per pair, and CAT-KD's beta, CAM grid and normalisation per pair; MLKD at its authors'
+  per-pair epochs and lr (``MLKD_SCHEDULE``).
 * ImageNet: the methods the reference framework runs there (kd, at, ofd, crd, reviewkd, dkd), with its
   ImageNet configurations: batch 512 at lr 0.2 for KD, AT and DKD, batch 256 at lr 0.1 for CRD, ReviewKD
   and OFD (OFD's ResNet-50 -> MobileNetV1 run: batch 128 at lr 0.05; its ResNet-34 -> ResNet-18 batch is
@@ -35,6 +36,21 @@ from . import PAIRS, ROOT, Pair
 # -------------------------------------------------------------------------------------------- CIFAR-100
 CIFAR_TEACHER = "teachers/cifar_teachers/{arch}_vanilla/ckpt_epoch_240.pth"  # cifar_teachers.tar, unpacked
 LIGHT_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # trained at lr 0.01 in the references
+# CAT-KD (Guo, Yan, Li & Lin, CVPR 2023): (cat_weight, cam_resolution, normalize), the authors' per-pair
+# CIFAR-100 configurations
+CAT_KD_PAIRS = {"resnet56-resnet20": (0.7, 2, False), "resnet110-resnet32": (1.8, 2, False),
+                "resnet32x4-resnet8x4": (15.0, 2, False), "wrn_40_2-wrn_16_2": (12.0, 2, False),
+                "wrn_40_2-wrn_40_1": (1.5, 2, False), "vgg13-vgg8": (4.5, 2, False),
+                "resnet32x4-ShuffleV1": (600.0, 4, True), "wrn_40_2-ShuffleV1": (80.0, 4, True),
+                "resnet32x4-ShuffleV2": (600.0, 4, True), "vgg13-MobileNetV2": (15.0, 2, True),
+                "ResNet50-MobileNetV2": (40.0, 2, True)}
+# MLKD (Jin, Wang & Lin, CVPR 2023): the authors' per-pair CIFAR-100 (epochs, lr); their 480-epoch runs keep
+# the lr steps at 150, 180 and 210
+MLKD_SCHEDULE = {"resnet56-resnet20": (240, 0.025), "resnet110-resnet32": (240, 0.025),
+                 "resnet32x4-resnet8x4": (240, 0.025), "wrn_40_2-wrn_16_2": (240, 0.025),
+                 "wrn_40_2-wrn_40_1": (240, 0.025), "vgg13-vgg8": (240, 0.025), "resnet32x4-ShuffleV1": (480, 0.01),
+                 "wrn_40_2-ShuffleV1": (480, 0.0025), "resnet32x4-ShuffleV2": (480, 0.01),
+                 "vgg13-MobileNetV2": (480, 0.0025), "ResNet50-MobileNetV2": (480, 0.0025)}
 CIFAR_SCHEDULE = {"epochs": 240, "batch_size": 64, "optimizer": "sgd", "momentum": 0.9, "nesterov": False,
                   "weight_decay": 5e-4, "schedule": "multistep", "milestones": [150, 180, 210], "gamma": 0.1,
                   "warmup_epochs": 0, "augment": True, "amp": False, "keep_epochs": [0, 60, 120, 180, 240]}
@@ -54,6 +70,8 @@ def cifar_sets(pair: Pair, method: str) -> dict:
     params = methods.get(method).Params().model_dump(mode="json")
     if method == "dkd":
         params["beta"] = pair.dkd_beta  # the DKD paper's per-pair beta
+    if method == "cat_kd":
+        params.update(zip(("cat_weight", "cam_resolution", "normalize"), CAT_KD_PAIRS[pair.name]))
     if "init_lr" in params:  # AB's and FSP's initialisation phase runs at the student's lr (RepDistiller)
         params["init_lr"] = lr
     sets.update({f"methods.{method}.{k}": v for k, v in params.items()})

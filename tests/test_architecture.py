@@ -22,7 +22,7 @@ from conftest import ROOT
 
 LAYERS = ["core", "dataset", "models", "methods", "explain", "training", "stages", "protocols"]
 # Method code that only some methods import: declared for every method by the stages that run one.
-METHOD_SHARED = ["methods/common.py", "methods/logits.py", "methods/letkd"]
+METHOD_SHARED = ["methods/cam.py", "methods/common.py", "methods/logits.py", "methods/letkd"]
 
 
 def _sources() -> list[Path]:
@@ -118,7 +118,7 @@ def _stages() -> dict[str, dict]:
 
 def _method_names() -> list[str]:
     return sorted(p.stem for p in (ROOT / "methods").glob("*.py")
-                  if p.stem not in {"__init__", "base", "registry", "common", "logits"})
+                  if p.stem not in {"__init__", "base", "registry", "common", "logits", "cam"})
 
 
 def _entry(stage: dict) -> str:

@@ -11,7 +11,8 @@ import methods
 import models
 from method_helpers import (assert_no_extra_parameters, assert_terms_send_gradient, grad_abs_sums, make_method,
                             make_pair, random_batch, random_inputs)
-from methods.exp_kd import cam_loss, cam_saliency, class_activation_maps
+from methods.cam import class_activation_maps
+from methods.exp_kd import cam_loss, cam_saliency
 
 
 def _np_softmax(x, axis):

@@ -36,6 +36,26 @@ REFERENCE_METHODS = {  # the loss weights and settings of the reference configur
     "dkd": {"ce_weight": 1, "alpha": 1, "T": 4, "warmup": 20}, "reviewkd": {"reviewkd_weight": 5, "warmup": 20},
     "ab": {"ab_weight": 3e-3, "margin": 1, "init_epochs": 30}, "fsp": {"init_epochs": 30},
     "dist": {"beta": 2, "gamma": 2, "T": 4}, "nkd": {"T": 3, "gamma": 3.5}, "cc": {"gamma": 0.4, "order": 2, "feat_dim": 128},
+    "ctkd": {"ce_weight": 0.1, "kd_weight": 0.9, "variant": "global", "t_start": 1, "t_range": 20, "lambda_min": 0,
+             "lambda_max": 1, "curriculum_epochs": 10},
+    "mlkd": {"ce_weight": 0.1, "kd_weight": 0.9, "temperatures": [2, 3, 4, 5, 6]},
+}
+# CAT-KD's per-pair configurations (Guo, Yan, Li & Lin, CVPR 2023): (cat_weight, cam_resolution, normalize)
+REFERENCE_CAT_KD = {
+    ("resnet56", "resnet20"): (0.7, 2, False), ("resnet110", "resnet32"): (1.8, 2, False),
+    ("resnet32x4", "resnet8x4"): (15, 2, False), ("wrn_40_2", "wrn_16_2"): (12, 2, False),
+    ("wrn_40_2", "wrn_40_1"): (1.5, 2, False), ("vgg13", "vgg8"): (4.5, 2, False),
+    ("resnet32x4", "ShuffleV1"): (600, 4, True), ("wrn_40_2", "ShuffleV1"): (80, 4, True),
+    ("resnet32x4", "ShuffleV2"): (600, 4, True), ("vgg13", "MobileNetV2"): (15, 2, True),
+    ("ResNet50", "MobileNetV2"): (40, 2, True),
+}
+# MLKD's per-pair (epochs, student lr) (Jin, Wang & Lin, CVPR 2023; the authors' configurations)
+REFERENCE_MLKD = {
+    ("resnet56", "resnet20"): (240, 0.025), ("resnet110", "resnet32"): (240, 0.025),
+    ("resnet32x4", "resnet8x4"): (240, 0.025), ("wrn_40_2", "wrn_16_2"): (240, 0.025),
+    ("wrn_40_2", "wrn_40_1"): (240, 0.025), ("vgg13", "vgg8"): (240, 0.025), ("resnet32x4", "ShuffleV1"): (480, 0.01),
+    ("wrn_40_2", "ShuffleV1"): (480, 0.0025), ("resnet32x4", "ShuffleV2"): (480, 0.01),
+    ("vgg13", "MobileNetV2"): (480, 0.0025), ("ResNet50", "MobileNetV2"): (480, 0.0025),
 }
 CIFAR = [p for p in PAIRS if p.dataset == "cifar100"]
 # ImageNet (the reference framework's ImageNet configurations): (teacher, student): DKD beta, and per method
@@ -78,9 +98,15 @@ def test_files_validate_and_hold_the_reference_values(pair):
         m = p.method_params()
         assert (p.data.name, p.teacher.arch, p.student.arch, p.method) == ("cifar100", pair.teacher, pair.student, path.stem)
         assert p.teacher.checkpoint == f"teachers/cifar_teachers/{pair.teacher}_vanilla/ckpt_epoch_240.pth"
-        assert p.student.train.lr == lr and not p.student.train.amp
-        assert {k: getattr(p.student.train, k) for k in REFERENCE_SCHEDULE} == REFERENCE_SCHEDULE
+        schedule, student_lr = dict(REFERENCE_SCHEDULE), lr
+        if path.stem == "mlkd":
+            schedule["epochs"], student_lr = REFERENCE_MLKD[(pair.teacher, pair.student)]
+        assert p.student.train.lr == student_lr and not p.student.train.amp
+        assert {k: getattr(p.student.train, k) for k in schedule} == schedule
+        cat_kd = dict(zip(("cat_weight", "cam_resolution", "normalize"),
+                          REFERENCE_CAT_KD[(pair.teacher, pair.student)]))
         want = {**REFERENCE_METHODS.get(path.stem, {}), **({"beta": beta} if path.stem == "dkd" else {}),
+                **(cat_kd if path.stem == "cat_kd" else {}),
                 **({"init_lr": lr} if path.stem in ("ab", "fsp") else {})}
         assert {k: getattr(m, k) for k in want} == want, path
         if methods.get(path.stem).needs_supervision:  # letKD at the paper's CIFAR-100 sizes

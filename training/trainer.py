@@ -306,11 +306,13 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
 
     ``on_epoch`` receives every epoch's record (extra phases' records carry ``phase/<name>/`` keys).
     ``regularisers()`` gives named terms the student itself adds to every step's loss (VAM's entropy).
-    ``teacher_outputs(x, index, epoch)``, if given, replaces the teacher's forward in the main training
-    (a cache of its outputs, training/teacher.py); extra phases still run ``teacher``.
+    ``teacher_outputs(x, index, epoch, view)``, if given, replaces the teacher's forward in the main training
+    (a cache of its outputs, training/teacher.py; ``view``: None for the standard view, else the name of
+    one of the method's ``extra_views``); extra phases still run ``teacher``.
     Generic model hooks, used when the student has them: ``named_param_groups()`` (per-group lr and
     frozen epochs, ``cfg.group_lr`` / ``cfg.frozen_epochs``), ``start_epoch(epoch)`` before each epoch
-    (LTB's routing temperature) and ``epoch_diagnostics()`` merged into each epoch's record.
+    (LTB's routing temperature) and ``epoch_diagnostics()`` merged into each epoch's record, as the
+    method's own ``epoch_diagnostics()`` is (CTKD's learnt temperature).
     The weight distance of every student layer (Cheng et al.'s learning-effort measure) is recorded over
     the main training, from the weights it starts with (after any extra phase) as epoch 0.
     Under torchrun (core/distributed.py) every rank calls ``fit`` alike and gets the same global
@@ -374,7 +376,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         ev = evaluate(student, test, desc=f"{name} test", world=world)
         record = {"epoch": epoch, "lr": lr_at(cfg, epoch - 1), **rec,
                   "test/top1": ev["top1"], "test/top5": ev["top5"], "test/loss": ev["loss"],
-                  **student.epoch_diagnostics()}
+                  **student.epoch_diagnostics(), **method.epoch_diagnostics()}
         result.history.append(record)
         if not world.main:
             continue
