@@ -209,7 +209,9 @@ class _Step(nn.Module):
 
 def replicate(forward: Callable, params: list[nn.Parameter], ranks: World) -> Callable:
     """``forward`` itself in one process; across ranks, ``forward`` run through DDP so that the gradients
-    of ``params`` (the ones the optimiser steps) are averaged over the ranks in the backward pass.
+    of ``params`` (the ones the optimiser steps) are averaged over the ranks in the backward pass (the
+    first after each forward only: an optimiser that runs several, core.optim.TermsOptimizer, takes its
+    gradients with ``torch.autograd.grad``, which DDP does not see, and averages them itself).
 
     Every step must give every one of ``params`` a gradient (every method and phase does: each uses all
     of its parameters in each step); otherwise DDP stops at the next step naming the ones without.

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from core.optim import OptimizerSettings
 from models.base import Features
 
 Output = tuple[torch.Tensor, Features]  # (logits, features) as every model returns them
@@ -85,6 +86,12 @@ class Method(nn.Module):
     # Reads intermediate features (Features.stages/preact/pooled, a classifier's weights), not only
     # logits. A student that exposes none a method could match (the LTB tree) refuses such a method.
     uses_features: ClassVar[bool] = True
+    # The names of the terms that train on the labels alone (every other term distils the teacher): what
+    # an optimiser that treats the two apart reads (train.optimizer: dot, training/optimizers.py).
+    task_terms: ClassVar[frozenset[str]] = frozenset({"ce"})
+    # Views of each batch the method reads besides the standard one (dataset/augment.py: "strong"): the
+    # trainer runs the student and the teacher on each and passes ``losses`` ``views={name: ViewOutputs}``.
+    extra_views: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: MethodParams, ctx: MethodContext):
         super().__init__()
@@ -108,6 +115,13 @@ class Method(nn.Module):
     def phases(self) -> list[Phase]:
         """Extra phases to run before the main training, in order (none by default)."""
         return []
+
+    def own_optimizer(self, groups: list[dict], settings: OptimizerSettings) -> torch.optim.Optimizer | None:
+        """An optimiser of the method's own for the main training's parameter ``groups`` (built from the
+        training's ``settings``: lr, momentum, weight decay), replacing the one ``train.optimizer`` names;
+        None (the default): that one. One that runs its own backward passes subclasses
+        ``core.optim.TermsOptimizer``. Extra phases always train with SGD."""
+        return None
 
     def test_time_config(self) -> dict:
         """(``part_of_student`` methods) JSON-able description of the parts the student keeps at test time."""

@@ -40,6 +40,7 @@ class LS(Method):
     Params = LSParams
     needs_teacher = False
     uses_features = False
+    task_terms = frozenset({"ls"})  # its smoothed CE: no distillation term (under optimizer: dot, SGD)
 
     def losses(self, student, teacher, targets, index, epoch):
         p = self.params

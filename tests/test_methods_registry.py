@@ -62,9 +62,13 @@ def test_every_method_serves_the_pair_or_refuses_in_one_line(teacher_name, stude
         method.train()
         student.zero_grad(set_to_none=True)
         s_out = student(x)
+        # An extra view (mlkd's strong one) stands in as the mirrored batch.
+        views = {v: methods.ViewOutputs(student(x.flip(3)), t_out_flipped) for v in method.extra_views}
         # Late epoch, so loss warm-ups are complete and every term is active.
-        terms = method.losses(s_out, t_out, y, index, epoch=1000)
+        terms = method.losses(s_out, t_out, y, index, epoch=1000, **({"views": views} if views else {}))
         assert terms and all(t.dim() == 0 and torch.isfinite(t) for t in terms.values()), (name, terms)
+        # Its label terms, by name: what DOT (training/optimizers.py) keeps apart from the distillation ones.
+        assert method.task_terms <= set(terms), (name, sorted(method.task_terms), sorted(terms))
         sum(terms.values()).backward()
         grad = sum(p.grad.abs().sum() for p in student.parameters() if p.grad is not None)
         assert grad > 0, f"{name}: no gradient reaches {student_name}"

@@ -18,9 +18,13 @@ class TrainParams(Section):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(256, ge=1)
-    optimizer: Literal["sgd", "adam"] = "sgd"  # adam: KDExplainer's LTB stage 1 (coupled L2, as upstream)
+    # training/optimizers.py; adam: KDExplainer's LTB stage 1 (coupled L2, as upstream); dot: Zhao et al.'s
+    # Distillation-Oriented Trainer (ICCV 2023), SGD with momenta momentum -/+ dot_delta on the task /
+    # distillation terms' gradients (the method's own optimiser, if it has one, replaces any of them)
+    optimizer: Literal["sgd", "adam", "dot"] = "sgd"
     lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd and dot
+    dot_delta: float = Field(0.075, ge=0)  # dot only: the paper's CIFAR-100 / Tiny-ImageNet value (ImageNet 0.09)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
     # linear: to 3% of lr at the last epoch (KDExplainer's stage 1: lr·(1 − e/int(1.03·E)))
@@ -47,6 +51,20 @@ class TrainParams(Section):
             raise ValueError(f"keep_epochs/milestones must lie in [0, epochs={self.epochs}], got {bad}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+    @model_validator(mode="after")
+    def _dot_momenta_in_range(self):
+        if self.optimizer != "dot":
+            return self
+        if not self.dot_delta < self.momentum:
+            raise ValueError(f"dot_delta ({self.dot_delta}) must be < momentum ({self.momentum}): DOT's task "
+                             "momentum is momentum - dot_delta")
+        if not self.momentum + self.dot_delta < 1:
+            raise ValueError(f"momentum + dot_delta ({self.momentum} + {self.dot_delta}) must be < 1: it is "
+                             "DOT's distillation momentum")
+        if self.nesterov:
+            raise ValueError("nesterov: DOT has no Nesterov form; set it false with optimizer: dot")
         return self
 
 

@@ -1,6 +1,8 @@
 """The training loop. It sums a dict of named loss terms and knows nothing about any method.
 
-One step: student forward -> (frozen teacher forward) -> ``method.losses(...)`` -> sum -> backward.
+One step: student forward -> (frozen teacher forward) -> both again on each extra view of the batch the
+method reads (``Method.extra_views``) -> ``method.losses(...)`` -> sum -> backward -> step (an optimiser
+that runs its own backward passes over the named terms, DOT, takes them instead: core/optim.py).
 Per epoch it records every term's mean value, the gradient norm each term alone sends into the student
 (on the epoch's first batch: a term whose gradient is zero shows up at a glance), lr, accuracy and
 throughput. Training state is checkpointed atomically every epoch into ``work_dir``; a run started again
@@ -26,7 +28,10 @@ from tqdm import tqdm
 from core import checkpoint
 from core.distributed import ONE, World, mean_over_ranks, replicate, world as current_world
 from core.errors import KdlensError
+from core.optim import backward_step
 from dataset.loader import BatchLoader, epoch_generator
+from methods.base import ViewOutputs
+from training import optimizers
 from training.params import TrainParams
 from core.paths import LAST_FILE, PREVIOUS_FILE, kept_checkpoints, kept_name
 from explain.weight_distance import WeightDistance
@@ -112,11 +117,6 @@ class FitResult:
         return self.history[-1] if self.history else {}
 
 
-def _sgd(params, lr: float, momentum: float, nesterov: bool, weight_decay: float) -> torch.optim.SGD:
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                           weight_decay=weight_decay)
-
-
 def param_groups(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams) -> list[dict]:
     """Optimizer groups: each named group of the student (``named_param_groups()``; one by default) with
     its ``group_lr`` / ``frozen_epochs``, then the method's own parameters at the base rate."""
@@ -134,24 +134,27 @@ def param_groups(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainPa
     return [g for g in groups if g["params"]]
 
 
-def _optimizer(groups: list[dict], cfg: TrainParams) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return _sgd(groups, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay)
+def _forward(student, teacher_fn, loss_fn, regularisers=None, task_terms: frozenset[str] = frozenset()) -> Callable:
+    """One step's forward: (the student's logits, detached; the named loss terms; the names of those that
+    train on the labels alone: the method's ``task_terms`` and the student's own regularisers). ``views``
+    holds the batch's extra views (``Method.extra_views``): the student and the teacher run on each too,
+    and the method gets their outputs as ``views``."""
+    def teacher_on(x, idx, epoch, view=None):
+        if teacher_fn is None:
+            return None
+        with torch.no_grad():
+            return teacher_fn(x, idx, epoch, view)
 
-
-def _forward(student, teacher_fn, loss_fn, regularisers=None) -> Callable:
-    """One step's forward: (the student's logits, detached; the named loss terms)."""
-    def forward(x, y, idx, epoch):
+    def forward(x, y, idx, epoch, views):
         s_out = student(x)
-        t_out = None
-        if teacher_fn is not None:
-            with torch.no_grad():
-                t_out = teacher_fn(x, idx, epoch)
-        terms = loss_fn(s_out, t_out, y, idx, epoch)
+        t_out = teacher_on(x, idx, epoch)
+        extra = {name: ViewOutputs(student(v), teacher_on(v, idx, epoch, name)) for name, v in views.items()}
+        terms = loss_fn(s_out, t_out, y, idx, epoch, **({"views": extra} if extra else {}))
+        task = task_terms
         if regularisers is not None:  # the student's own terms (e.g. VAM's gate entropy)
-            terms = {**terms, **regularisers()}
-        return s_out[0].detach(), terms
+            own = regularisers()
+            terms, task = {**terms, **own}, task.union(own)
+        return s_out[0].detach(), terms, task
     return forward
 
 
@@ -185,34 +188,34 @@ def precision(cfg: TrainParams, device: torch.device) -> Precision:
 
 
 def _train_epoch(forward, optimizer, scaler, train: BatchLoader, epoch: int, lr_of_step, desc: str, grad_params: list,
-                 prec: Precision, world: World, after_step=None) -> dict:
+                 prec: Precision, world: World, after_step=None, extra_views: tuple[str, ...] = ()) -> dict:
     """One pass over the training set (this rank's share of it): forward, sum the named terms, step.
-    Returns the epoch's means over all ranks."""
+    ``extra_views``: the views of each batch the forward gets besides the standard one. Returns the
+    epoch's means over all ranks."""
     device = train.device
     steps = len(train)
     sums: dict[str, float] = {}
     grad_norms: dict[str, float] = {}
     correct = seen = 0
     t0 = time.perf_counter()
-    for step, (x, y, idx) in enumerate(_bar(train.batches(epoch, world.rank, world.size), world, train, desc)):
+    batches = train.view_batches(epoch, world.rank, world.size, extra_views)
+    for step, (x, y, idx, views) in enumerate(_bar(batches, world, train, desc)):
         lr = lr_of_step(step / steps)
         for group in optimizer.param_groups:
             frozen = epoch <= group.get("frozen_epochs", 0)
             group["lr"] = 0.0 if frozen else lr * group.get("lr_scale", 1.0)
         if prec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+            views = {k: v.contiguous(memory_format=torch.channels_last) for k, v in views.items()}
         with prec.autocast(device):
-            logits, terms = forward(x, y, idx, epoch)
+            logits, terms, task = forward(x, y, idx, epoch, views)
         loss = sum(terms.values())
         if not torch.isfinite(loss):
             raise KdlensError(f"[{desc}] loss is {loss.item()} at step {step}; "
                               "lower the learning rate or the method's weights")
         if step == 0:
             grad_norms = term_grad_norms(terms, grad_params, world)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        backward_step(optimizer, terms, task, scaler)
         if after_step is not None:
             after_step()
         for k, v in terms.items():
@@ -249,7 +252,7 @@ def _run_phases(method, student, teacher_fn, train: BatchLoader, seed: int, name
         flags = [p.requires_grad for p in phase.parameters]
         for p in phase.parameters:
             p.requires_grad_(True)
-        optimizer = _sgd(phase.parameters, phase.lr, phase.momentum, False, phase.weight_decay)
+        optimizer = optimizers.sgd(phase.parameters, phase.lr, phase.momentum, False, phase.weight_decay)
         scaler = prec.scaler()
         forward = replicate(_forward(student, teacher_fn, phase.losses), phase.parameters, world)
         student.eval()  # the student is not trained in a phase unless the phase lists its parameters
@@ -327,7 +330,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         student.to(memory_format=torch.channels_last)
         method.to(memory_format=torch.channels_last)
     student_params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = _optimizer(param_groups(student, method, cfg), cfg)
+    optimizer = optimizers.build(param_groups(student, method, cfg), cfg, method)
     scaler = prec.scaler()
     live = None
     if teacher is not None:
@@ -360,7 +363,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
     distance = WeightDistance(student)
     if state is not None:
         distance.load_state_dict(state["weight_distance"])
-    forward = replicate(_forward(student, teacher_outputs or live, method.losses, regularisers),
+    forward = replicate(_forward(student, teacher_outputs or live, method.losses, regularisers, method.task_terms),
                         [p for group in optimizer.param_groups for p in group["params"]], world)
 
     for epoch in range(start_epoch, cfg.epochs + 1):
