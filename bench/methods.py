@@ -62,20 +62,23 @@ def training_step(method_name: str, teacher, student_name: str, x, y, idx, num_t
     params = [p for p in [*student.parameters(), *method.parameters()] if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     use_teacher = methods.get(method_name).needs_teacher
+    x_extra = x.flip(3)  # an extra view of the batch (mlkd's strong one; its augmentation is not timed)
+
+    def teacher_on(images):
+        with torch.no_grad():
+            if not use_teacher:
+                return None
+            if cached_logits is not None:
+                return cached_logits[idx].float(), None
+            return teacher.fast(images)
 
     def step() -> float:
         if x.is_cuda:  # CUDA runs asynchronously: time the work, not its launch
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        s_out = student(x)
-        with torch.no_grad():
-            if not use_teacher:
-                t_out = None
-            elif cached_logits is not None:
-                t_out = (cached_logits[idx].float(), None)
-            else:
-                t_out = teacher.fast(x)
-        loss = sum(method.losses(s_out, t_out, y, idx, epoch=1000).values())
+        s_out, t_out = student(x), teacher_on(x)
+        views = {v: methods.ViewOutputs(student(x_extra), teacher_on(x_extra)) for v in method.extra_views}
+        loss = sum(method.losses(s_out, t_out, y, idx, epoch=1000, **({"views": views} if views else {})).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -7,6 +7,10 @@ sample's crop offset and flip) is drawn once from a generator seeded by (seed, e
 sample's position in the dataset. Splits streamed from disk (dataset/stream.py) take the same order and
 draw each view from (seed, epoch, index). Either way every student of a sweep sees the same views, and a
 resumed run sees exactly what an uninterrupted one would have.
+
+``view_batches`` also yields the extra views a method asks for (dataset/augment.py: the strong view), each
+drawn as a pure function of (seed, epoch, index) as well: in memory from its own per-epoch plan, streamed
+from its own per-sample seeds.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .augment import STRONG, STRONG_STREAM, StrongDraws, check_views, strong_draws, strong_ops
 from .store import Split
 from .stream import ImageViews, StreamSplit, torchvision_transforms
 
@@ -46,6 +51,28 @@ def epoch_plan(n: int, seed: int, epoch: int, augment: bool, shuffle: bool) -> E
         offsets = torch.full((n, 2), PAD, dtype=torch.long)
         flips = torch.zeros(n, dtype=torch.bool)
     return EpochPlan(order, offsets, flips)
+
+
+@dataclass
+class StrongPlan:
+    """The strong views of an epoch's samples (in memory), indexed by dataset position: a crop and flip
+    of their own, then the strong operations (dataset/augment.py)."""
+
+    offsets: torch.Tensor  # [N, 2]
+    flips: torch.Tensor  # [N] bool
+    draws: StrongDraws
+
+    def views(self, images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 strong views of ``images``, the samples ``idx`` (CPU) of the dataset."""
+        return strong_ops(crop_flip(images, self.offsets[idx], self.flips[idx]), self.draws[idx])
+
+
+def strong_plan(n: int, seed: int, epoch: int) -> StrongPlan:
+    """Drawn from its own generator, so the standard views (``epoch_plan``) are the same with or without it."""
+    g = epoch_generator(seed, epoch, STRONG_STREAM)
+    offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=g)
+    flips = torch.rand(n, generator=g) < 0.5
+    return StrongPlan(offsets, flips, strong_draws(n, g))
 
 
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -99,10 +126,17 @@ class BatchLoader:
         return plan.order[step * self.batch_size:(step + 1) * self.batch_size][rank::ranks]
 
     def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # pragma: no cover - abstract
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """The epoch's batches of (normalised float images, labels, dataset indices); with ``ranks`` > 1,
         this rank's share of each (``share``)."""
-        raise NotImplementedError
+        for x, y, idx, _ in self.view_batches(epoch, rank, ranks):
+            yield x, y, idx
+
+    def view_batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1, extra: tuple[str, ...] = ()
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
+        """``batches`` with a fourth item: {view: its normalised images} for each of the ``extra`` views
+        (dataset/augment.py), of the same samples in the same order."""
+        raise NotImplementedError  # pragma: no cover - abstract
 
 
 class Loader(BatchLoader):
@@ -113,28 +147,30 @@ class Loader(BatchLoader):
         super().__init__(split.labels, mean, std, batch_size, device, augment, shuffle, seed, drop_last)
         self.images = torch.from_numpy(split.images).to(device)
 
-    def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1):
+    def view_batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1, extra: tuple[str, ...] = ()):
+        check_views(extra)
         plan = self.plan(epoch)
+        strong = strong_plan(len(self.labels), self.seed, epoch) if STRONG in extra else None
         for step in range(len(self)):
             idx = self.share(plan, step, rank, ranks)
             idx_dev = idx.to(self.device)
-            x = self.images[idx_dev]
-            if self.augment:
-                x = crop_flip(x, plan.offsets[idx], plan.flips[idx])
-            yield self.normalise(x), self.labels[idx_dev], idx_dev
+            images = self.images[idx_dev]
+            x = crop_flip(images, plan.offsets[idx], plan.flips[idx]) if self.augment else images
+            views = {STRONG: self.normalise(strong.views(images, idx))} if strong is not None else {}
+            yield self.normalise(x), self.labels[idx_dev], idx_dev, views
 
 
 class _EpochBatches(Sampler):
-    """The batch sampler of one pass: ``start`` gives it the pass's batches of (epoch, index), made one
-    batch at a time as the DataLoader asks (an epoch's whole list would grow with the dataset)."""
+    """The batch sampler of one pass: ``start`` gives it the pass's batches of (epoch, index, extra views),
+    made one batch at a time as the DataLoader asks (an epoch's whole list would grow with the dataset)."""
 
     def __init__(self, loader: "StreamLoader"):
         self.loader = loader
-        self.pass_batches: Iterator[list[tuple[int, int]]] = iter(())
+        self.pass_batches: Iterator[list[tuple[int, int, tuple[str, ...]]]] = iter(())
 
-    def start(self, epoch: int, rank: int, ranks: int) -> None:
+    def start(self, epoch: int, rank: int, ranks: int, extra: tuple[str, ...]) -> None:
         plan = self.loader.plan(epoch)
-        self.pass_batches = ([(epoch, int(i)) for i in self.loader.share(plan, step, rank, ranks)]
+        self.pass_batches = ([(epoch, int(i), extra) for i in self.loader.share(plan, step, rank, ranks)]
                              for step in range(len(self.loader)))
 
     def __iter__(self):
@@ -161,12 +197,13 @@ class StreamLoader(BatchLoader):
                                   num_workers=split.workers, pin_memory=device.type == "cuda",
                                   persistent_workers=split.workers > 0, generator=torch.Generator())
 
-    def batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        self._sampler.start(epoch, rank, ranks)
-        for x, idx in self._loader:  # the workers hand back each view's index with it
+    def view_batches(self, epoch: int = 0, rank: int = 0, ranks: int = 1, extra: tuple[str, ...] = ()):
+        check_views(extra)
+        self._sampler.start(epoch, rank, ranks, tuple(extra))
+        for x, views, idx in self._loader:  # the workers hand back each view's index with it
             idx_dev = idx.to(self.device)
-            yield self.normalise(x.to(self.device, non_blocking=True)), self.labels[idx_dev], idx_dev
+            views = {name: self.normalise(v.to(self.device, non_blocking=True)) for name, v in views.items()}
+            yield self.normalise(x.to(self.device, non_blocking=True)), self.labels[idx_dev], idx_dev, views
 
 
 LOADERS: dict[type, type[BatchLoader]] = {Split: Loader, StreamSplit: StreamLoader}

@@ -17,7 +17,8 @@ torchvision's v2 transforms draw the crop; what they lack is written here:
 * **the view of sample i in epoch e is a pure function of (seed, e, i)**: its crop and flip are drawn
   from the global generator seeded by (seed, e, i) inside ``torch.random.fork_rng``, whatever process or
   worker decodes it (and the caller's generator is left as it was), so resume, the teacher cache and the
-  ranks' shares of a batch hold as for in-memory data;
+  ranks' shares of a batch hold as for in-memory data; a method's strong view (dataset/augment.py) is
+  drawn alike, from seeds of its own;
 * **JPEG draft decoding**: the crop is chosen from the header's size before decoding, and Pillow's
   libjpeg decodes at the smallest DCT scale (1/2, 1/4, 1/8) that still gives the crop at least
   ``image_size`` pixels a side, then crops and resizes that. Large photos and small ``image_size`` (the
@@ -37,6 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from core.errors import KdlensError, one_line
+from .augment import STRONG, STRONG_OPS_STREAM, STRONG_STREAM, strong_draws, strong_ops
 
 
 TEST_RESIZE = 256 / 224  # the test view's shorter side, relative to image_size
@@ -46,9 +48,10 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def view_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of sample ``index``'s view in ``epoch``: depends on nothing else."""
-    return int(np.random.SeedSequence([seed, epoch, VIEW_STREAM, index]).generate_state(1, dtype=np.uint64)[0]
+def view_seed(seed: int, epoch: int, index: int, stream: int = VIEW_STREAM) -> int:
+    """The seed of sample ``index``'s view in ``epoch`` (``stream``: which of its views, or which of their
+    draws; dataset/augment.py): depends on nothing else."""
+    return int(np.random.SeedSequence([seed, epoch, stream, index]).generate_state(1, dtype=np.uint64)[0]
                & 0x7FFF_FFFF_FFFF_FFFF)
 
 
@@ -74,13 +77,15 @@ def _rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def train_view(im: Image.Image, size: int, seed: int, epoch: int, index: int) -> torch.Tensor:
-    """uint8 [3, size, size]: RandomResizedCrop + horizontal flip of the opened (undecoded) ``im``."""
+def train_view(im: Image.Image, size: int, seed: int, epoch: int, index: int, stream: int = VIEW_STREAM
+               ) -> torch.Tensor:
+    """uint8 [3, size, size]: RandomResizedCrop + horizontal flip of the opened (undecoded) ``im``, drawn
+    from ``view_seed(seed, epoch, index, stream)``."""
     v2, F = torchvision_transforms()
     with torch.random.fork_rng(devices=[]):
         # CPU generator only: torch.manual_seed also seeds CUDA/MPS/XPU, and while CUDA is not initialised it
         # queues that seed with traceback.format_stack() (~0.3 ms a call, more in a DataLoader worker)
-        torch.default_generator.manual_seed(view_seed(seed, epoch, index))
+        torch.default_generator.manual_seed(view_seed(seed, epoch, index, stream))
         box = v2.RandomResizedCrop(size).make_params([im])  # reads the header's size only
         flip = bool(torch.rand(1) < 0.5)
     top, left, height, width = box["top"], box["left"], box["height"], box["width"]
@@ -146,9 +151,18 @@ class StreamSplit:
         return out
 
 
+def strong_view(im: Image.Image, size: int, seed: int, epoch: int, index: int) -> torch.Tensor:
+    """uint8 [3, size, size]: the strong view (dataset/augment.py) of the opened ``im``: a training crop and
+    flip of its own, then the strong operations, each drawn from its own per-sample seed."""
+    crop = train_view(im, size, seed, epoch, index, STRONG_STREAM)
+    draws = strong_draws(1, torch.Generator().manual_seed(view_seed(seed, epoch, index, STRONG_OPS_STREAM)))
+    return strong_ops(crop[None], draws)[0]
+
+
 class ImageViews(Dataset):
-    """``views[(epoch, index)]``: (the uint8 view of image ``index`` in ``epoch`` (training views) or its
-    test view (``augment`` False), ``index``); decoded in whichever worker process asks."""
+    """``views[(epoch, index, extra)]``: (the uint8 view of image ``index`` in ``epoch`` (training views) or
+    its test view (``augment`` False), {view: uint8 view} for each of the ``extra`` views, ``index``);
+    decoded in whichever worker process asks."""
 
     def __init__(self, split: StreamSplit, augment: bool, seed: int):
         self.split, self.augment, self.seed = split, augment, seed
@@ -156,13 +170,20 @@ class ImageViews(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, int, tuple[str, ...]]) -> tuple[torch.Tensor, dict, int]:
+        epoch, index, extra = key
+        size, seed = self.split.image_size, self.seed
+        view = self._decoded(index, lambda im: train_view(im, size, seed, epoch, index) if self.augment
+                             else test_view(im, size))
+        # Opened again: a JPEG decodes once, at the draft scale its first crop chose.
+        views = {STRONG: self._decoded(index, lambda im: strong_view(im, size, seed, epoch, index))} \
+            if STRONG in extra else {}
+        return view, views, index
+
+    def _decoded(self, index: int, make):
         with self.split.open(index) as im:
             try:
-                if self.augment:
-                    return train_view(im, self.split.image_size, self.seed, epoch, index), index
-                return test_view(im, self.split.image_size), index
+                return make(im)
             except Exception as e:  # noqa: BLE001 - a decoder fails in many ways on changed bytes
                 raise KdlensError(f"{self.split.path(index)}: unreadable ({one_line(e)}); the folder changed "
                                   "after prepare_data: re-run dvc repro -f prepare_data") from None

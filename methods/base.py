@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,13 @@ from core.optim import OptimizerSettings
 from models.base import Features
 
 Output = tuple[torch.Tensor, Features]  # (logits, features) as every model returns them
+
+
+class ViewOutputs(NamedTuple):
+    """The student's and the teacher's outputs on one extra view of the batch (``Method.extra_views``)."""
+
+    student: Output
+    teacher: Output | None
 
 
 class MethodParams(BaseModel):
@@ -109,7 +116,8 @@ class Method(nn.Module):
 
     def losses(self, student: Output, teacher: Output | None, targets: torch.Tensor,
                index: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
-        """Weighted loss terms for one batch. ``epoch`` counts from 1 (for warm-ups)."""
+        """Weighted loss terms for one batch. ``epoch`` counts from 1 (for warm-ups). A method with
+        ``extra_views`` takes a keyword ``views`` as well: {view name: ViewOutputs} of the same samples."""
         raise NotImplementedError
 
     def phases(self) -> list[Phase]:

@@ -2,7 +2,9 @@
 
 Keyed (through DVC) by the teacher, the data, the students' seed and the view-defining training params
 (epochs, batch size, augmentation); every ``dvc exp run -S method=...`` reuses it. Only the methods that
-read nothing but the teacher's logits use it; the others run the (BN-folded) teacher live.
+read nothing but the teacher's logits use it; the others run the (BN-folded) teacher live. A method that
+also reads an extra view of each batch (mlkd's strong view) uses it only if ``teacher_cache.extra_views``
+names that view.
 """
 from dataset.store import load_prepared
 from core.device import device
@@ -32,7 +34,7 @@ def main() -> None:
             teacher = frozen_teacher(load_model(teacher_path, dev), data.input_size,
                                      p.trainer.compile_teacher)
             loader = loaders(data, train, p.seed, dev)[0]
-            card = build_cache(teacher, loader, train.epochs, out, cfg.dtype, cfg.top_k, inputs)
+            card = build_cache(teacher, loader, train.epochs, out, cfg.dtype, cfg.top_k, inputs, tuple(cfg.extra_views))
         else:
             write_json(out / CARD, card)
         summary = {**{k: card.get(k) for k in ("bytes", "seconds", "dtype", "top_k")}, "enabled": cfg.enabled,

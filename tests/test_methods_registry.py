@@ -50,7 +50,7 @@ def test_every_method_serves_the_pair_or_refuses_in_one_line(teacher_name, stude
     y = torch.arange(BATCH) % NUM_CLASSES
     index = torch.arange(BATCH)
     with torch.no_grad():
-        t_out = teacher(x)
+        t_out, t_out_flipped = teacher(x), teacher(x.flip(3))
     for name in methods.names():
         ctx = methods.MethodContext(student=student, teacher=teacher, num_classes=NUM_CLASSES, num_train=N_TRAIN,
                                     input_size=32, train_labels=torch.arange(N_TRAIN) % NUM_CLASSES)

@@ -1,6 +1,7 @@
 """The teacher-output cache (training/teacher.py): a student trained from it is bit-identical on CPU to one
 trained with the live (BN-folded) teacher; top-k storage keeps the top-k probabilities and the tail mass;
-a cache for other views is not used, and says why."""
+a cache for other views is not used, and says why; one that also holds the strong view serves mlkd as the live
+teacher would."""
 import math
 import warnings
 
@@ -100,6 +101,31 @@ def test_a_cache_for_other_views_or_another_teacher_is_not_used(data, teacher, t
     cache, why = open_cache(tmp_path, views, {**INPUTS, "teacher_sha256": "x" * 64}, torch.device("cpu"))
     assert cache is None and why == "cache built from another teacher"
     assert open_cache(tmp_path / "missing", views, INPUTS, torch.device("cpu"))[1].startswith("no ")
+
+
+def test_a_cache_with_the_strong_view_serves_mlkd_as_the_live_teacher_would(data, teacher, tmp_path):
+    """mlkd reads a second, strong view of every batch: the cache holds the teacher's logits for both views
+    (teacher_cache.extra_views), and a cache without the strong one is passed over, saying why."""
+    loader = loaders(data, CFG, 0, torch.device("cpu"))[0]
+    build_cache(frozen_teacher(teacher, 32), loader, CFG.epochs, tmp_path / "both", "float32", 0, INPUTS,
+                extra_views=("strong",))
+    _cache(data, teacher, tmp_path / "standard")
+
+    def train(work, cache):
+        return train_network("resnet8", CFG, 0, "mlkd", methods.params_class("mlkd")(), data, work,
+                             teacher=teacher, teacher_cache=cache)
+
+    live = train(tmp_path / "live", None)
+    cached = train(tmp_path / "cached", (tmp_path / "both", INPUTS))
+    assert live.teacher_source == "live" and cached.teacher_source == "cache"
+    for a, b in zip(live.result.history, cached.result.history):
+        assert a["train/loss"] == b["train/loss"] and a["test/top1"] == b["test/top1"]
+    for k, v in live.student.state_dict().items():
+        assert torch.equal(v, cached.student.state_dict()[k]), k
+    views = Views.of(loader, CFG.epochs)
+    cache, why = open_cache(tmp_path / "standard", views, INPUTS, torch.device("cpu"), ("strong",))
+    assert cache is None and why == "the cache holds no 'strong' view (teacher_cache.extra_views: [strong])"
+    assert open_cache(tmp_path / "both", views, INPUTS, torch.device("cpu"))[0] is not None  # kd reads it too
 
 
 def test_feature_methods_never_read_the_cache(data, teacher, tmp_path):

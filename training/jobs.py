@@ -103,7 +103,8 @@ def train_network(arch: str, cfg: TrainParams, seed: int, method_name: str, meth
     if fast is not None:
         source = "live"
         if teacher_cache is not None and reads_teacher_logits_only(method_name):
-            cached, why = open_cache(teacher_cache[0], Views.of(train, cfg.epochs), teacher_cache[1], dev)
+            cached, why = open_cache(teacher_cache[0], Views.of(train, cfg.epochs), teacher_cache[1], dev,
+                                     methods.get(method_name).extra_views)
             source = "cache" if cached is not None else f"live ({why})"
 
     fitter = Fitter(student, data, cfg, seed, work, name, train, test, teacher, fast, supervision, sync_bn, dev)

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from core.paths import TEACHERS
 from core.schema import Section, Seed
+from dataset.augment import ExtraView
 from models.registry import ArchName
 
 
@@ -107,10 +108,13 @@ class StudentParams(Section):
 class TeacherCacheParams(Section):
     """Stage ``cache_teacher`` (training/teacher.py): the teacher's logits for every training view, used by
     the methods that read only logits (kd, dkd). ``top_k`` > 0 keeps the k largest logits and the tail's
-    log-sum-exp (for large class counts; what is lost: how the tail mass splits across classes)."""
+    log-sum-exp (for large class counts; what is lost: how the tail mass splits across classes).
+    ``extra_views``: views to cache as well (dataset/augment.py; ``strong`` for mlkd), each one more
+    teacher pass over the training views and as many bytes again."""
     enabled: bool = True
     dtype: Literal["float32", "float16"] = "float32"
     top_k: int = Field(0, ge=0)
+    extra_views: list[ExtraView] = []
 
 
 class TrainerParams(Section):

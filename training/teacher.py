@@ -15,6 +15,10 @@ bit-identical on CPU to one trained with the live teacher. Storage per epoch and
   gives the other K − k classes the logit r − log(K − k) each. At T = 1 that keeps every top-k
   probability and the tail's total mass exactly; lost is how the tail mass splits across its classes
   (so KD's KL at T > 1 changes slightly, DKD's non-target term more).
+
+With ``extra_views`` (``teacher_cache.extra_views``: the strong view, dataset/augment.py) it also holds
+the teacher's logits for those views of every batch, stored alike under ``<view>_<array>``; a method
+that reads such a view (``Method.extra_views``) uses the cache only if it holds them.
 """
 from __future__ import annotations
 
@@ -99,26 +103,34 @@ class Views:
         return cls(loader.seed, epochs, loader.batch_size, loader.augment, loader.drop_last, loader.num_samples)
 
 
+def _prefix(view: str | None) -> str:
+    """Where a view's arrays are named: the standard view's as they always were, an extra view's prefixed."""
+    return "" if view is None else f"{view}_"
+
+
 def build_cache(teacher: torch.nn.Module, loader, epochs: int, out_dir: Path, dtype: str, top_k: int,
-                inputs: dict) -> dict:
-    """Run ``teacher`` over every training batch of epochs 1..``epochs``; write the arrays and the card
-    (with ``inputs``: the data's and the teacher's SHA-256, checked before the cache is used)."""
+                inputs: dict, extra_views: tuple[str, ...] = ()) -> dict:
+    """Run ``teacher`` over every training batch of epochs 1..``epochs`` (and over each of its
+    ``extra_views``); write the arrays and the card (with ``inputs``: the data's and the teacher's SHA-256,
+    checked before the cache is used)."""
     n, k = loader.num_samples, None
     arrays: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     with torch.no_grad():
         for epoch in tqdm(range(1, epochs + 1), desc="teacher cache", disable=None):
-            for x, _, idx in loader.batches(epoch):
-                z = teacher(x)[0].float()
-                if k is None:
-                    k = z.shape[1]
-                    arrays = _empty(epochs, n, k, dtype, top_k)
-                _store(arrays, epoch - 1, idx.cpu().numpy(), z.cpu(), top_k)
+            for x, _, idx, views in loader.view_batches(epoch, extra=extra_views):
+                for view, images in ((None, x), *views.items()):
+                    z = teacher(images)[0].float()
+                    if k is None:
+                        k = z.shape[1]
+                        arrays = {f"{_prefix(v)}{name}": a for v in (None, *extra_views)
+                                  for name, a in _empty(epochs, n, k, dtype, top_k).items()}
+                    _store(arrays, _prefix(view), epoch - 1, idx.cpu().numpy(), z.cpu(), top_k)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, a in arrays.items():
         np.save(out_dir / f"{name}.npy", a)
-    card = {"enabled": True, **inputs, "views": Views.of(loader, epochs).__dict__, "num_classes": k,
-            "dtype": dtype, "top_k": top_k,
+    card = {"enabled": True, **inputs, "views": Views.of(loader, epochs).__dict__,
+            "extra_views": list(extra_views), "num_classes": k, "dtype": dtype, "top_k": top_k,
             "arrays": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
             "bytes": int(sum(a.nbytes for a in arrays.values())), "seconds": time.perf_counter() - t0}
     write_json(out_dir / CARD, card)
@@ -135,20 +147,21 @@ def _empty(epochs: int, n: int, k: int, dtype: str, top_k: int) -> dict[str, np.
             "tail_logsumexp": np.zeros((epochs, n), dtype=np.float32)}
 
 
-def _store(arrays: dict, e: int, idx: np.ndarray, z: torch.Tensor, top_k: int) -> None:
+def _store(arrays: dict, prefix: str, e: int, idx: np.ndarray, z: torch.Tensor, top_k: int) -> None:
     if top_k == 0:
-        arrays["logits"][e, idx] = z.numpy()
+        arrays[f"{prefix}logits"][e, idx] = z.numpy()
         return
     values, classes = z.topk(top_k, dim=1)
     tail = z.scatter(1, classes, float("-inf")).logsumexp(dim=1)
-    arrays["top_values"][e, idx] = values.numpy()
-    arrays["top_classes"][e, idx] = classes.numpy()
-    arrays["tail_logsumexp"][e, idx] = tail.numpy()
+    arrays[f"{prefix}top_values"][e, idx] = values.numpy()
+    arrays[f"{prefix}top_classes"][e, idx] = classes.numpy()
+    arrays[f"{prefix}tail_logsumexp"][e, idx] = tail.numpy()
 
 
-def open_cache(cache_dir: str | Path, views: Views, inputs: dict, device: torch.device):
-    """(TeacherCache, "") when ``cache_dir`` holds logits for exactly these views of this teacher and
-    data, else (None, why not): the caller then runs the teacher live."""
+def open_cache(cache_dir: str | Path, views: Views, inputs: dict, device: torch.device,
+               extra_views: tuple[str, ...] = ()):
+    """(TeacherCache, "") when ``cache_dir`` holds logits for exactly these views (and ``extra_views``) of
+    this teacher and data, else (None, why not): the caller then runs the teacher live."""
     card_path = Path(cache_dir) / CARD
     if not card_path.is_file():
         return None, f"no {card_path}"
@@ -160,6 +173,9 @@ def open_cache(cache_dir: str | Path, views: Views, inputs: dict, device: torch.
     stale = [k for k, v in inputs.items() if card.get(k) != v]
     if stale:
         return None, f"cache built from another {stale[0].removesuffix('_sha256')}"
+    missing = [v for v in extra_views if v not in card.get("extra_views", [])]
+    if missing:
+        return None, f"the cache holds no {missing[0]!r} view (teacher_cache.extra_views: [{missing[0]}])"
     return TeacherCache(cache_dir, device), ""
 
 
@@ -177,12 +193,15 @@ class TeacherCache:
         except (OSError, ValueError) as e:
             raise KdlensError(f"{cache_dir}: unreadable teacher cache ({e}); re-run stage cache_teacher") from None
 
-    def __call__(self, x: torch.Tensor, index: torch.Tensor, epoch: int):
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, epoch: int, view: str | None = None):
+        """The logits of samples ``index`` in ``epoch``, of the standard view or the extra ``view``."""
+        def read(name: str) -> torch.Tensor:
+            return self.arrays[f"{_prefix(view)}{name}"][epoch - 1, index]
+
         if self.top_k == 0:
-            return self.arrays["logits"][epoch - 1, index].float(), None
+            return read("logits").float(), None
         k = self.card["num_classes"]
-        tail = self.arrays["tail_logsumexp"][epoch - 1, index] - math.log(k - self.top_k)
+        tail = read("tail_logsumexp") - math.log(k - self.top_k)
         z = tail[:, None].expand(len(index), k).clone()
-        z.scatter_(1, self.arrays["top_classes"][epoch - 1, index].long(),
-                   self.arrays["top_values"][epoch - 1, index].float())
+        z.scatter_(1, read("top_classes").long(), read("top_values").float())
         return z, None

@@ -337,7 +337,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        live = lambda x, index, epoch: teacher(x)  # noqa: E731
+        live = lambda x, index, epoch, view=None: teacher(x)  # noqa: E731
 
     result = FitResult()
     start_epoch = 1
@@ -373,7 +373,7 @@ def fit(student: torch.nn.Module, method: torch.nn.Module, cfg: TrainParams, tra
         method.train()
         rec = _train_epoch(forward, optimizer, scaler, train, epoch, lambda frac, e=epoch: lr_at(cfg, e - 1 + frac),
                            f"{name} {epoch}/{cfg.epochs}", student_params, prec, world,
-                           after_step=distance.after_step)
+                           after_step=distance.after_step, extra_views=getattr(method, "extra_views", ()))
         distance.end_epoch()
         world.average_batchnorm(student, method)
         ev = evaluate(student, test, desc=f"{name} test", world=world)
