@@ -64,9 +64,11 @@ CIFAR_HEADER = """\
 
 def cifar_sets(pair: Pair, method: str) -> dict:
     lr = 0.01 if pair.student in LIGHT_STUDENTS else 0.05
+    epochs, lr = MLKD_SCHEDULE[pair.name] if method == "mlkd" else (CIFAR_SCHEDULE["epochs"], lr)
     sets = {"data.name": "cifar100", "teacher.arch": pair.teacher,
             "teacher.checkpoint": CIFAR_TEACHER.format(arch=pair.teacher), "student.arch": pair.student,
-            **{f"student.train.{k}": v for k, v in {**CIFAR_SCHEDULE, "lr": lr}.items()}, "method": method}
+            **{f"student.train.{k}": v for k, v in {**CIFAR_SCHEDULE, "epochs": epochs, "lr": lr}.items()},
+            "method": method}
     params = methods.get(method).Params().model_dump(mode="json")
     if method == "dkd":
         params["beta"] = pair.dkd_beta  # the DKD paper's per-pair beta
