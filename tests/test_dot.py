@@ -16,7 +16,7 @@ from core.distributed import replicate, world
 from core.errors import KdlensError
 from core.optim import backward_step
 from stages.params import parse_params
-from test_engine import TinyNet, _comparable, _loaders
+from test_engine import Killed, TinyNet, _comparable, _loaders, kill_after_2
 from training.optimizers import DOT, OPTIMIZERS
 from training.params import TrainParams
 from training.trainer import fit
@@ -134,13 +134,6 @@ def test_dot_trains_kd_and_dkd_through_fit_and_resumes_exactly(tmp_path, name, p
     assert all(np.isfinite(r["train/loss"]) for r in full.history)
     state = torch.load(tmp_path / "full/last.pt", weights_only=True)["optimizer"]["state"]
     assert all(set(s) == {"task_buffer", "distillation_buffer"} for s in state.values())  # logits: both reach all
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_2(record):
-        if record["epoch"] == 2:
-            raise Killed
 
     with pytest.raises(Killed):
         _distil(tmp_path / "run", name, on_epoch=kill_after_2, **params)

@@ -107,15 +107,18 @@ def test_training_learns_and_is_deterministic(tmp_path):
     assert a.final["gradnorm/ce"] > 0
 
 
+class Killed(Exception):
+    """A training run stopped from outside (``kill_after_2``), as a killed stage is."""
+
+
+def kill_after_2(record):
+    """An ``on_epoch`` callback that stops the run once epoch 2 is checkpointed."""
+    if record["epoch"] == 2:
+        raise Killed
+
+
 def test_killed_run_resumes_from_last_checkpoint_and_matches(tmp_path):
     _, full = _fit(tmp_path / "full", keep=(0, 2, 3))
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_2(record):
-        if record["epoch"] == 2:
-            raise Killed
 
     with pytest.raises(Killed):
         _fit(tmp_path / "run", on_epoch=kill_after_2, keep=(0, 2, 3))
@@ -129,13 +132,6 @@ def test_killed_run_resumes_from_last_checkpoint_and_matches(tmp_path):
 
 def test_unreadable_resume_state_falls_back_to_the_previous_epoch_then_starts_over(tmp_path, capsys):
     _, full = _fit(tmp_path / "full")
-
-    class Killed(Exception):
-        pass
-
-    def kill_after_2(record):
-        if record["epoch"] == 2:
-            raise Killed
 
     for broken, resumed_from in ((["last.pt"], 1), (["last.pt", "previous.pt"], 0)):
         run = tmp_path / f"run{resumed_from}"

@@ -45,6 +45,15 @@ def _cache(data, teacher, tmp_path, dtype="float32", top_k=0, cfg=CFG, compiled=
     return loader
 
 
+def _assert_same_training(live, cached):
+    """The run that read the cache trained exactly as the one that ran the teacher."""
+    assert live.teacher_source == "live" and cached.teacher_source == "cache"
+    for a, b in zip(live.result.history, cached.result.history):
+        assert a["train/loss"] == b["train/loss"] and a["test/top1"] == b["test/top1"]
+    for k, v in live.student.state_dict().items():
+        assert torch.equal(v, cached.student.state_dict()[k]), k
+
+
 @pytest.mark.parametrize("method,compiled", [("kd", False), ("dkd", False), ("kd", True)])
 def test_student_from_cache_is_identical_to_live_teacher(data, teacher, tmp_path, method, compiled):
     """Also with the compiled teacher (trainer.compile_teacher, the default) in both the cache and the
@@ -55,13 +64,7 @@ def test_student_from_cache_is_identical_to_live_teacher(data, teacher, tmp_path
         return train_network("resnet8", CFG, 0, method, methods.params_class(method)(), data, work,
                              teacher=teacher, teacher_cache=cache, compile_teacher=compiled)
 
-    live = train(tmp_path / "live", None)
-    cached = train(tmp_path / "cached", (tmp_path / "cache", INPUTS))
-    assert live.teacher_source == "live" and cached.teacher_source == "cache"
-    for a, b in zip(live.result.history, cached.result.history):
-        assert a["train/loss"] == b["train/loss"] and a["test/top1"] == b["test/top1"]
-    for k, v in live.student.state_dict().items():
-        assert torch.equal(v, cached.student.state_dict()[k]), k
+    _assert_same_training(train(tmp_path / "live", None), train(tmp_path / "cached", (tmp_path / "cache", INPUTS)))
 
 
 def test_top_k_keeps_top_probabilities_and_tail_mass(data, teacher, tmp_path):
@@ -115,13 +118,7 @@ def test_a_cache_with_the_strong_view_serves_mlkd_as_the_live_teacher_would(data
         return train_network("resnet8", CFG, 0, "mlkd", methods.params_class("mlkd")(), data, work,
                              teacher=teacher, teacher_cache=cache)
 
-    live = train(tmp_path / "live", None)
-    cached = train(tmp_path / "cached", (tmp_path / "both", INPUTS))
-    assert live.teacher_source == "live" and cached.teacher_source == "cache"
-    for a, b in zip(live.result.history, cached.result.history):
-        assert a["train/loss"] == b["train/loss"] and a["test/top1"] == b["test/top1"]
-    for k, v in live.student.state_dict().items():
-        assert torch.equal(v, cached.student.state_dict()[k]), k
+    _assert_same_training(train(tmp_path / "live", None), train(tmp_path / "cached", (tmp_path / "both", INPUTS)))
     views = Views.of(loader, CFG.epochs)
     cache, why = open_cache(tmp_path / "standard", views, INPUTS, torch.device("cpu"), ("strong",))
     assert cache is None and why == "the cache holds no 'strong' view (teacher_cache.extra_views: [strong])"
