@@ -14,6 +14,7 @@ from its own per-sample seeds.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -165,19 +166,25 @@ class _EpochBatches(Sampler):
     made one batch at a time as the DataLoader asks (an epoch's whole list would grow with the dataset)."""
 
     def __init__(self, loader: "StreamLoader"):
-        self.loader = loader
+        # A weak reference: the loader owns the DataLoader that owns this sampler, and a strong one back
+        # would make a cycle, freed only by the garbage collector, which finalises the DataLoader's worker
+        # queues before the DataLoader itself; its workers then never get the stop signal and each join
+        # waits out its 5 s timeout (20 s a stage with two loaders of two workers). Without the cycle the
+        # workers stop as soon as the loader goes.
+        self._loader = weakref.ref(loader)
         self.pass_batches: Iterator[list[tuple[int, int, tuple[str, ...]]]] = iter(())
 
     def start(self, epoch: int, rank: int, ranks: int, extra: tuple[str, ...]) -> None:
-        plan = self.loader.plan(epoch)
-        self.pass_batches = ([(epoch, int(i), extra) for i in self.loader.share(plan, step, rank, ranks)]
-                             for step in range(len(self.loader)))
+        loader = self._loader()
+        plan = loader.plan(epoch)
+        self.pass_batches = ([(epoch, int(i), extra) for i in loader.share(plan, step, rank, ranks)]
+                             for step in range(len(loader)))
+
+    def __len__(self) -> int:
+        return len(self._loader())
 
     def __iter__(self):
         return self.pass_batches
-
-    def __len__(self) -> int:
-        return len(self.loader)
 
 
 class StreamLoader(BatchLoader):

@@ -1,9 +1,11 @@
 """Data streamed from disk (data.name: imagenet, or a folder with data.storage: stream): the index that
 prepare_data writes, views that are a pure function of (seed, epoch, index) whatever the workers and
 ranks, and one-line errors when the folder no longer matches its index."""
+import gc
 import shutil
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +16,7 @@ from dataset import load_prepared, loader_for, prepare
 from dataset.params import DataParams
 from dataset.stream import IMAGENET_MEAN, StreamSplit, train_view
 
-pytestmark = pytest.mark.cost(21)
+pytestmark = pytest.mark.cost(8)
 
 CLASSES = ("n01440764", "n01443537", "n01484850")
 SIDE = 32
@@ -102,6 +104,26 @@ def test_views_do_not_depend_on_workers_or_ranks_and_leave_the_callers_generator
     # The test views are fixed: un-augmented, unshuffled loaders give the same pixels in any epoch.
     assert all(torch.equal(a[0], b[0]) for a, b in zip(_batches(prepared, 0, 1, augment=False),
                                                       _batches(prepared, 0, 5, augment=False)))
+
+
+def test_a_streamed_loaders_workers_stop_as_soon_as_it_goes(imagenet):
+    """No reference cycle holds a loader and its persistent workers until the garbage collector, which
+    finalises the workers' queues first and then waits out a 5 s join timeout per worker."""
+    _, prepared = imagenet
+    before = set(psutil.Process().children())
+    gc.disable()  # what is measured: freed by reference counting, not by a collection
+    try:
+        data = load_prepared(prepared, 2)
+        loader = loader_for(data.train, data.card["mean"], data.card["std"], 4, torch.device("cpu"), augment=True,
+                            shuffle=True)
+        assert len(list(loader.batches(0))) == 4
+        workers = [p for p in psutil.Process().children() if p not in before]
+        assert len(workers) == 2
+        del loader
+        _, alive = psutil.wait_procs(workers, timeout=2)
+        assert not alive, "the workers outlived their loader"
+    finally:
+        gc.enable()
 
 
 def test_draft_decoding_keeps_the_view_of_a_large_jpeg(tmp_path):
