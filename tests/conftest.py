@@ -1,14 +1,14 @@
-import copy
+import fcntl
 import shutil
 import sys
-from pathlib import Path
 
 import mlflow
 import pytest
 import torch
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from pipeline_project import copy_project, reproduce, tiny_project
+from tiny_profile import ROOT
+
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -21,7 +21,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     """Costliest files first. `make test` hands whole files to its two workers in collection order
     (``--dist loadfile --no-loadscope-reorder``), each taking the next file when it is nearly done: a
-    minutes-long pipeline file collected late would leave one worker idle while the other finishes it."""
+    minutes-long pipeline file collected late would leave one worker idle while the other finishes it.
+    test_pipeline.py's cost includes building the reproduced project (``reproduced_project``), so it
+    starts first; test_pipeline_students.py, which copies that project, costs less than the folder file
+    and so starts after test_pipeline.py on the same worker, never waiting on the build's lock."""
     def cost(item):
         marker = item.get_closest_marker("cost")
         return marker.args[0] if marker else 0
@@ -36,23 +39,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def tiny_params() -> dict:
-    """The project's params.yaml shrunk to seconds: small scenes, small nets, two epochs."""
-    p = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    p["data"]["scenes"].update(n_train=192, n_test=96)
-    for role in ("teacher", "student"):
-        p[role]["arch"] = "resnet8"
-        p[role]["train"].update(epochs=2, batch_size=32, eval_batch_size=96, keep_epochs=[])
-    p["student"]["train"]["keep_epochs"] = [0, 2]
-    p["student"]["structure"]["train"].update(epochs=2, batch_size=32, eval_batch_size=96, warmup_epochs=1,
-                                              frozen_epochs={"routing": 1})  # ltb stage 1
-    p["sigma"].update(n_images=4, steps=20, probe_step=15, noise_batch=4)  # the whole chain in seconds
-    # Compiling the teacher costs a stage process seconds that a seconds-long training never earns back;
-    # tests/test_teacher_cache.py and test_pipeline.py's project (compile on) cover it.
-    p["trainer"]["compile_teacher"] = False
-    return p
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +59,33 @@ def mlflow_store(tmp_path, monkeypatch, _mlflow_template_db):
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory):
+    """The tiny project, committed and not yet reproduced, for one test file."""
+    return tiny_project(tmp_path_factory.mktemp("kdlens"))
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory, worker_id):
+    """The tiny project after one ``dvc repro`` (outputs committed), built once for the whole test run: the
+    first `make test` worker to ask builds it while the others wait on a lock. Only copied, never changed
+    (``reproduced_repo``)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # xdist: the run's directory, above each worker's
+    path, done = shared / "reproduced", shared / "reproduced.done"
+    with open(shared / "reproduced.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            reproduce(tiny_project(path))
+            done.touch()
+    return path
+
+
+@pytest.fixture(scope="module")
+def reproduced_repo(reproduced_project, tmp_path_factory):
+    """A copy of the reproduced tiny project for one test file to change as it likes."""
+    return copy_project(reproduced_project, tmp_path_factory.mktemp("kdlens") / "repo")

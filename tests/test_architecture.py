@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from tiny_profile import ROOT
 
 LAYERS = ["core", "dataset", "models", "methods", "explain", "training", "stages", "protocols"]
 # Method code that only some methods import: declared for every method by the stages that run one.

@@ -285,7 +285,7 @@ def test_pixel_cap_counts_a_jpeg_after_its_draft_and_applies_to_masks(tmp_path):
     assert card["mask_counts"] == {"train": 3, "test": 2}
     jpeg = load_prepared(tmp_path / "prepared").train.images[4]  # vstripes/big.jpg sorts before img_00.png
     assert np.abs(jpeg.astype(int) - np.array([200, 30, 30])[:, None, None]).max() <= 3
-    from conftest import tiny_params
+    from tiny_profile import tiny_params
 
     raw = tiny_params()
     raw["data"]["max_pixels"] = 999_999
@@ -323,7 +323,7 @@ def test_symlinks_out_of_data_root_are_skipped_and_not_walked(tmp_path):
 
 
 def test_masks_param_only_for_folder():
-    from conftest import tiny_params
+    from tiny_profile import tiny_params
 
     raw = tiny_params()
     raw["data"]["masks"] = "data/masks"

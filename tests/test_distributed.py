@@ -15,7 +15,7 @@ import torch.distributed as dist
 import yaml
 
 import methods
-from conftest import ROOT, tiny_params
+from tiny_profile import ROOT, tiny_params
 from dataset import prepare
 from dataset.store import Split
 from core.distributed import check_split, processes
@@ -24,7 +24,7 @@ from dataset.loader import Loader
 from stages.params import parse_params
 from test_engine import TinyNet
 
-pytestmark = pytest.mark.cost(80)
+pytestmark = pytest.mark.cost(45)
 
 # The two-process run against the one-process run with the same global batch (measured spread and the
 # reason for it: test_two_processes_match_one_process_and_resume).

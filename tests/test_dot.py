@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import methods
-from conftest import tiny_params
+from tiny_profile import tiny_params
 from core.distributed import replicate, world
 from core.errors import KdlensError
 from core.optim import backward_step

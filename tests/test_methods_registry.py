@@ -5,7 +5,7 @@ import yaml
 
 import methods
 import models
-from conftest import ROOT
+from tiny_profile import ROOT
 
 # Pairs of the reference benchmarks (teacher -> student), same- and cross-family, plus the default pair.
 PAIRS = [

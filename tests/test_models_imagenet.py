@@ -22,7 +22,7 @@ from models.base import count_parameters, feature_shapes
 from models.fold import fold_batchnorm
 from reference_layouts import randomised
 
-pytestmark = pytest.mark.cost(17)
+pytestmark = pytest.mark.cost(10)
 
 SIZE, NUM_CLASSES = 64, 10
 

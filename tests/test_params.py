@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 import methods
-from conftest import ROOT, tiny_params
+from tiny_profile import ROOT, tiny_params
 from core.errors import KdlensError
 from core.schema import flatten, params_hash
 from stages.params import Params, load_params, parse_params

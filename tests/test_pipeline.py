@@ -1,82 +1,33 @@
-"""The whole pipeline, for real: `dvc repro` on a tiny profile in a temporary git repo.
+"""The whole pipeline, for real: `dvc repro` on a tiny profile in a temporary git repo (a copy of the
+project tests/conftest.py reproduces once for the run).
 
 Checks the outputs, the MLflow runs (one per executed stage, with tags, run ids echoed in the metrics
-JSON), that a second `dvc repro` does nothing, that `dvc exp run -S method=ce` re-runs only `distill`,
-`estimate_sigma@student` and `report`, and that bad params stop a stage before any work with one line.
+JSON), that a second `dvc repro` does nothing, that bad params stop a stage before any work with one
+line, that a killed stage resumes, that params and code edits re-run exactly the stages that read them,
+and a queued sweep of two methods, each re-running only `distill`, `estimate_sigma@student` and `report`,
+in DVC and in the MLflow UI.
 """
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params
+from pipeline_project import BIN, STAGES, free_port, mlflow_runs, project_env, run_cmd
+from tiny_profile import ROOT
 
-pytestmark = pytest.mark.cost(450)
-
-BIN = Path(sys.executable).parent
-
-
-def _env(repo: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env['PATH']}", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t",
-               TQDM_DISABLE="1",
-               OMP_NUM_THREADS="1")  # `make test` runs two test files at once: one thread per stage
-    return env
-
-
-def _run(repo, *cmd, check=True, env=None):
-    out = subprocess.run(cmd, cwd=repo, env={**_env(repo), **(env or {})}, capture_output=True, text=True,
-                         timeout=900)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
-    return out
-
-
-def _project_files():
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout.split()
-    skip = ("tests/", "bench/", "metrics/", "reports/", "data/", "dvc.lock")
-    shipped = "data/downloads/.gitignore"  # the default data.root, a dependency of prepare_data
-    return [f for f in listed if (not f.startswith(skip) or f == shipped) and (ROOT / f).is_file()]
-
-
-def tiny_project(repo: Path) -> Path:
-    """The project's files in ``repo`` with the tiny params.yaml, committed (``dvc exp run`` needs a commit)."""
-    for f in _project_files():
-        (repo / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / f, repo / f)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    _run(repo, "git", "init", "-q")
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-qm", "tiny kdlens")
-    return repo
+pytestmark = pytest.mark.cost(220)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return tiny_project(tmp_path_factory.mktemp("kdlens"))
-
-
-def _runs(repo):
-    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("kdlens-scenes")
-    return client, (client.search_runs([exp.experiment_id]) if exp else [])
-
-
-STAGES = ["prepare_data", "train_teacher", "train_baseline", "cache_teacher", "build_supervision", "distill",
-          "estimate_sigma@baseline", "estimate_sigma@student", "report"]
+def repo(reproduced_repo):
+    return reproduced_repo
 
 
 def test_repro_runs_every_stage_and_tracks_it(repo):
-    _run(repo, "dvc", "repro")
     for f in ["data/prepared/card.json", "data/teacher/model.pt", "data/baseline/model.pt",
               "data/student/model.pt", "data/student/checkpoints/epoch_000.pt",
               "data/student/checkpoints/epoch_002.pt", "reports/report.md", "reports/figures/curves.png"]:
@@ -85,7 +36,7 @@ def test_repro_runs_every_stage_and_tracks_it(repo):
     assert report["method"] == "kd" and report["dataset"] == "scenes"
     assert report["gain_over_baseline"] == pytest.approx(report["student_test_top1"] - report["baseline_test_top1"])
 
-    client, runs = _runs(repo)
+    client, runs = mlflow_runs(repo)
     by_stage = {r.data.tags["kdlens.stage"]: r for r in runs}
     assert sorted(by_stage) == sorted(STAGES) and len(runs) == len(STAGES)
     distill = by_stage["distill"]
@@ -129,23 +80,10 @@ def test_repro_runs_every_stage_and_tracks_it(repo):
 
 
 def test_second_repro_does_nothing(repo):
-    out = _run(repo, "dvc", "repro")
+    out = run_cmd(repo, "dvc", "repro")
     assert "didn't change" in out.stdout or "up to date" in out.stdout.lower(), out.stdout
-    assert len(_runs(repo)[1]) == len(STAGES)
-    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
-
-
-def test_exp_run_other_method_reruns_only_distill_and_report(repo):
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-qm", "first repro")
-    before = {r.info.run_id for r in _runs(repo)[1]}
-    _run(repo, "dvc", "exp", "run", "-S", "method=ce", "-n", "ce-run")
-    new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
-    assert sorted(r.data.tags["kdlens.stage"] for r in new) == ["distill", "estimate_sigma@student", "report"]
-    assert all(r.data.tags["dvc.exp_name"] == "ce-run" for r in new)
-    assert json.loads((repo / "metrics/report.json").read_text())["method"] == "ce"
-    shown = json.loads(_run(repo, "dvc", "exp", "show", "--json").stdout)
-    assert "ce-run" in json.dumps(shown)
+    assert len(mlflow_runs(repo)[1]) == len(STAGES)
+    assert run_cmd(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
 def test_bad_params_stop_the_stage_with_one_line_and_keep_outputs(repo):
@@ -153,24 +91,24 @@ def test_bad_params_stop_the_stage_with_one_line_and_keep_outputs(repo):
     p["method"] = "nope"
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     model = (repo / "data/student/model.pt").read_bytes()
-    out = _run(repo, sys.executable, "-m", "stages.distill", check=False)
+    out = run_cmd(repo, sys.executable, "-m", "stages.distill", check=False)
     assert out.returncode == 2
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines == [lines[0]] and lines[0].startswith("error: params.yaml: method: unknown method 'nope'")
     assert (repo / "data/student/model.pt").read_bytes() == model
-    _run(repo, "git", "checkout", "params.yaml")
+    run_cmd(repo, "git", "checkout", "params.yaml")
     # a method that cannot serve the pair is refused by the first stage, before the teacher trains
     p.update(method="kdsvd", teacher={**p["teacher"], "arch": "resnet8x4"})
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    out = _run(repo, sys.executable, "-m", "stages.check_params", check=False)
+    out = run_cmd(repo, sys.executable, "-m", "stages.check_params", check=False)
     assert out.returncode == 2 and "error: method 'kdsvd' with student CifarResNet: kdsvd " in out.stderr
     assert "Traceback" not in out.stderr
-    _run(repo, "git", "checkout", "params.yaml")
+    run_cmd(repo, "git", "checkout", "params.yaml")
     # through DVC, kdlens's line comes before DVC looks for methods/nope.py
-    out = _run(repo, "dvc", "exp", "run", "-S", "method=nope", check=False)
+    out = run_cmd(repo, "dvc", "exp", "run", "-S", "method=nope", check=False)
     assert out.returncode != 0 and "error: params.yaml: method: unknown method 'nope'; choose one of: " in out.stderr
     assert "No such file" not in out.stderr + out.stdout
-    _run(repo, "git", "checkout", "params.yaml")
+    run_cmd(repo, "git", "checkout", "params.yaml")
 
 
 def test_killed_stage_resumes_where_it_stopped(repo):
@@ -184,7 +122,7 @@ def test_killed_stage_resumes_where_it_stopped(repo):
     p["student"]["train"]["epochs"] = 8
     p["student"]["train"]["keep_epochs"] = [0, 8]
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train_baseline"], cwd=repo, env=_env(repo),
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_baseline"], cwd=repo, env=project_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
@@ -194,7 +132,7 @@ def test_killed_stage_resumes_where_it_stopped(repo):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    out = _run(repo, "dvc", "repro", "train_baseline")
+    out = run_cmd(repo, "dvc", "repro", "train_baseline")
     summary = json.loads((repo / "metrics/baseline.json").read_text())
     assert summary["resumed_from_epoch"] >= 1, out.stderr[-2000:]
     assert "resuming from" in out.stdout + out.stderr
@@ -208,17 +146,9 @@ def _restore_committed_state(repo):
     # rebuilt from scratch: after a failed workspace `dvc exp run` (DVC 3.67), the index's stat data
     # can match a file the experiment rewrote, and `git reset --hard` then leaves that file as it is.
     (repo / ".git" / "index").unlink(missing_ok=True)
-    _run(repo, "git", "reset", "-q", "--hard")
-    _run(repo, "dvc", "checkout", "--force")
-    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
-
-
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    run_cmd(repo, "git", "reset", "-q", "--hard")
+    run_cmd(repo, "dvc", "checkout", "--force")
+    assert run_cmd(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
 
 
 def _start_ui(repo):
@@ -229,10 +159,10 @@ def _start_ui(repo):
 
     recipe = (ROOT / "Makefile").read_text().split("\nui:", 1)[1].split("\n\n", 1)[0]
     cmd = " ".join(ln.strip().rstrip("\\") for ln in recipe.splitlines()[1:])
-    port = _free_port()
+    port = free_port()
     cmd = cmd.replace("$(BIN)/", f"{BIN}/").replace("$(UI_PORT)", str(port)).replace("$(CURDIR)", str(repo))
     assert "--host 127.0.0.1" in cmd and not re.search(r"\$\(", cmd), cmd
-    server = subprocess.Popen(cmd.split(), cwd=repo, env=_env(repo), stdout=subprocess.DEVNULL,
+    server = subprocess.Popen(cmd.split(), cwd=repo, env=project_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(120):
@@ -257,7 +187,7 @@ def ui(repo):
 def test_make_ui_serves_the_project_store(repo, ui):
     import urllib.request
 
-    body = json.dumps({"experiment_ids": [_runs(repo)[0].get_experiment_by_name("kdlens-scenes").experiment_id]})
+    body = json.dumps({"experiment_ids": [mlflow_runs(repo)[0].get_experiment_by_name("kdlens-scenes").experiment_id]})
     req = urllib.request.Request(f"{ui}/api/2.0/mlflow/runs/search", data=body.encode(),
                                  headers={"Content-Type": "application/json"})
     runs = json.loads(urllib.request.urlopen(req, timeout=10).read())["runs"]
@@ -265,7 +195,7 @@ def test_make_ui_serves_the_project_store(repo, ui):
     assert {"train_teacher", "distill", "report"} <= stages
 
 
-SWEEP = ("at", "dkd")  # methods no earlier test ran, so every experiment executes and logs
+SWEEP = ("ce", "dkd")  # methods no earlier test ran, so every experiment executes and logs
 PER_EXPERIMENT = ["distill", "estimate_sigma@student", "report"]  # what a change of method re-runs
 
 
@@ -277,13 +207,13 @@ def test_params_typos_stop_the_run_and_unread_edits_rerun_only_the_check(repo):
     assert p["method"] == "kd"
     p["methods"]["dkd"]["beta"] = 2.0
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    assert set(json.loads(_run(repo, "dvc", "status", "--json").stdout)) == {"check_params"}
-    assert re.findall(r"Running stage '([^']+)'", _run(repo, "dvc", "repro").stdout) == ["check_params"]
+    assert set(json.loads(run_cmd(repo, "dvc", "status", "--json").stdout)) == {"check_params"}
+    assert re.findall(r"Running stage '([^']+)'", run_cmd(repo, "dvc", "repro").stdout) == ["check_params"]
     model = (repo / "data/student/model.pt").read_bytes()
     for key, section in (("sed", p), ("betta", p["methods"]["dkd"])):  # top level; an unselected method
         section[key] = 5
         (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-        out = _run(repo, "dvc", "repro", check=False)
+        out = run_cmd(repo, "dvc", "repro", check=False)
         name = key if section is p else f"methods.dkd.{key}"
         assert out.returncode != 0 and f"error: params.yaml: {name}: unknown key" in out.stderr, out.stderr
         assert re.findall(r"Running stage '([^']+)'", out.stdout) == ["check_params"]
@@ -300,31 +230,23 @@ def test_code_edits_rerun_exactly_the_stages_that_run_that_code(repo):
                            ("explain/sigma.py", {"estimate_sigma@baseline", "estimate_sigma@student"})):
         with open(repo / path, "a") as f:
             f.write("\n# an edit\n")
-        changed = json.loads(_run(repo, "dvc", "status", "--json").stdout)
+        changed = json.loads(run_cmd(repo, "dvc", "status", "--json").stdout)
         assert set(changed) == expected, (path, changed)
-        _run(repo, "git", "checkout", path)
+        run_cmd(repo, "git", "checkout", path)
 
 
 def test_teacher_compile_switch_reruns_only_the_stages_that_run_the_teacher(repo):
     """``trainer.compile_teacher`` is how the frozen teacher runs: neither the teacher's nor the baseline's
-    training declares it, so switching it retrains neither; the compiled teacher's cache holds the same
-    logits within float rounding."""
+    training declares it, so switching it retrains neither. (That the compiled teacher's cache and live
+    logits equal the eager one's: tests/test_teacher_cache.py.)"""
     _restore_committed_state(repo)
-    import numpy as np
-
-    eager = np.load(repo / "data/teacher_cache/logits.npy")
     p = yaml.safe_load((repo / "params.yaml").read_text())
     assert p["trainer"]["compile_teacher"] is False  # the tiny profile's; the project's default is true
     p["trainer"]["compile_teacher"] = True
     (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    changed = json.loads(_run(repo, "dvc", "status", "--json").stdout)
+    changed = json.loads(run_cmd(repo, "dvc", "status", "--json").stdout)
     assert set(changed) == {"check_params", "cache_teacher", "distill"}, changed  # (any edit re-runs the check)
-    _run(repo, "dvc", "repro", "cache_teacher")
-    compiled = np.load(repo / "data/teacher_cache/logits.npy")
-    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4 * np.abs(eager).max())
-    runs = [r for r in _runs(repo)[1] if r.data.tags["kdlens.stage"] == "cache_teacher"]
-    assert {r.data.params["trainer.compile_teacher"] for r in runs} == {"False", "True"}
-    _run(repo, "git", "checkout", "params.yaml")
+    run_cmd(repo, "git", "checkout", "params.yaml")
 
 
 def _exp_rows(shown):
@@ -348,31 +270,31 @@ def test_queued_sweep_compares_methods_in_dvc_and_mlflow(repo):
     """Two experiments on two queue workers at once, both logging into the one tracking store: no run lost."""
     import time
 
-    before = {r.info.run_id for r in _runs(repo)[1]}
-    _run(repo, "dvc", "exp", "run", "--queue", "-S", f"method={','.join(SWEEP)}")
-    _run(repo, "dvc", "queue", "start", "-j", "2")
+    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
+    run_cmd(repo, "dvc", "exp", "run", "--queue", "-S", f"method={','.join(SWEEP)}")
+    run_cmd(repo, "dvc", "queue", "start", "-j", "2")
     # Wait on the tracking store (a cheap query) for both experiments' last stage, and ask DVC (a ~2 s
     # process) only every 30 s, to see a failed task early, and once at the end.
     deadline, next_check = time.time() + 600, time.time() + 30
     while time.time() < deadline:
-        new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
+        new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
         if sum(r.data.tags["kdlens.stage"] == "report" for r in new) == len(SWEEP):
             break
         if time.time() > next_check:
-            if "Failed" in _run(repo, "dvc", "queue", "status").stdout:
+            if "Failed" in run_cmd(repo, "dvc", "queue", "status").stdout:
                 break
             next_check = time.time() + 30
         time.sleep(2)
-    status = _run(repo, "dvc", "queue", "status").stdout
+    status = run_cmd(repo, "dvc", "queue", "status").stdout
     while any(s in status for s in ("Queued", "Running")) and time.time() < deadline:
         time.sleep(1)  # a worker records its experiment just after the last stage's run is logged
-        status = _run(repo, "dvc", "queue", "status").stdout
+        status = run_cmd(repo, "dvc", "queue", "status").stdout
     assert "Failed" not in status, status
-    rows = _exp_rows(json.loads(_run(repo, "dvc", "exp", "show", "--json").stdout))
+    rows = _exp_rows(json.loads(run_cmd(repo, "dvc", "exp", "show", "--json").stdout))
     top1 = {p.get("method"): m.get("metrics/student.json", {}).get("test_top1") for _, p, m in rows}
     for method in SWEEP:
         assert isinstance(top1.get(method), float), (method, top1)
-    new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
+    new = [r for r in mlflow_runs(repo)[1] if r.info.run_id not in before]
     stages = {}
     for r in new:
         stages.setdefault(r.data.tags["dvc.exp_name"], []).append(r.data.tags["kdlens.stage"])
@@ -392,7 +314,7 @@ def test_mlflow_ui_shows_the_methods_side_by_side(repo, ui):
         pytest.skip("Debian chromium is not installed (.ci/run installs it: apt-get install chromium)")
     from playwright.sync_api import expect, sync_playwright
 
-    client, runs = _runs(repo)
+    client, runs = mlflow_runs(repo)
     distills = {r.data.tags["kdlens.method"]: r for r in runs if r.data.tags["kdlens.stage"] == "distill"}
     exp_id = runs[0].info.experiment_id
     with sync_playwright() as pw:

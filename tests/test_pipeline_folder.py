@@ -8,9 +8,14 @@ import pytest
 
 from test_data_folder import add_bad_files, write_folder
 from test_data_stream import write_imagenet
-from test_pipeline import STAGES, _run, repo  # noqa: F401  (repo: the module-scoped tiny project fixture)
+from pipeline_project import STAGES, run_cmd
 
-pytestmark = pytest.mark.cost(300)
+pytestmark = pytest.mark.cost(200)
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_repo):
+    return tiny_repo
 
 ROOT = "mydata"
 
@@ -21,9 +26,9 @@ def test_folder_dataset_runs_every_stage_with_its_masks(repo):
     write_folder(repo / ROOT, 16, 8, masks="png",
                  masked=lambda split, label, i: i % 2 == 0 if split == "train" else label == 0 and i < 2)
     add_bad_files(repo / ROOT)  # 2 in train, 1 in test
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-qm", "an image folder")
-    out = _run(repo, "dvc", "exp", "run", "-n", "folder-run", "-S", "data.name=folder", "-S", f"data.root={ROOT}",
+    run_cmd(repo, "git", "add", "-A")
+    run_cmd(repo, "git", "commit", "-qm", "an image folder")
+    out = run_cmd(repo, "dvc", "exp", "run", "-n", "folder-run", "-S", "data.name=folder", "-S", f"data.root={ROOT}",
                "-S", f"data.masks={ROOT}/masks", "-S", "supervision.lda_dim=2")  # LDA: at most classes - 1
     assert f"skipped 3 image and 0 mask files, e.g. {ROOT}/train/solid/empty.jpg: empty file" in out.stderr
 
@@ -50,9 +55,9 @@ def test_folder_dataset_runs_every_stage_with_its_masks(repo):
     assert prep.data.metrics["skipped_images"] == 3 and prep.data.params["data.masks"] == f"{ROOT}/masks"
 
     # data.root is a dependency of prepare_data: a changed image folder re-runs it, nothing else does.
-    assert _run(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert run_cmd(repo, "dvc", "status").stdout.strip().endswith("Data and pipelines are up to date.")
     (repo / ROOT / "train/solid/img_00.png").write_bytes((repo / ROOT / "train/solid/img_01.png").read_bytes())
-    status = _run(repo, "dvc", "status", "prepare_data").stdout
+    status = run_cmd(repo, "dvc", "status", "prepare_data").stdout
     assert "modified:" in status and ROOT in status
 
 
@@ -61,9 +66,9 @@ def test_imagenet_layout_streams_through_every_stage(repo):
     # ResNet-18 teacher and the reference MobileNetV1 student, their views decoded by 2 worker processes.
     wnids = [f"n0{i:07d}" for i in range(10)]
     write_imagenet(repo / "inet", train=12, val=3, classes=wnids)
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-qm", "an ImageNet-layout folder")
-    out = _run(repo, "dvc", "exp", "run", "-n", "imagenet-run", "-S", "data.name=imagenet", "-S", "data.root=inet",
+    run_cmd(repo, "git", "add", "-A")
+    run_cmd(repo, "git", "commit", "-qm", "an ImageNet-layout folder")
+    out = run_cmd(repo, "dvc", "exp", "run", "-n", "imagenet-run", "-S", "data.name=imagenet", "-S", "data.root=inet",
                "-S", "data.masks=null", "-S", "data.image_size=32", "-S", "data.workers=2",
                "-S", "teacher.arch=imagenet_resnet18",
                "-S", "student.arch=imagenet_mobilenet_v1")

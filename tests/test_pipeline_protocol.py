@@ -8,14 +8,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from test_pipeline import _run, tiny_project
+from pipeline_project import run_cmd
 
-pytestmark = pytest.mark.cost(80)
+pytestmark = pytest.mark.cost(55)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    return tiny_project(tmp_path_factory.mktemp("kdlens_protocol"))
+def repo(tiny_repo):
+    return tiny_repo
 
 
 SITECUSTOMIZE = """\
@@ -89,11 +89,11 @@ def test_protocol_imports_the_teacher_and_evaluate_reads_every_file(repo, tmp_pa
     ckpt = repo / "teachers/cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth"
     ckpt.parent.mkdir(parents=True)
     save_reference(randomised(ARCHS["resnet56"](100), seed=3), ckpt)
-    out = _run(repo, sys.executable, "-m", "protocols", "protocols/cifar100/resnet56-resnet20/kd.yaml",
+    out = run_cmd(repo, sys.executable, "-m", "protocols", "protocols/cifar100/resnet56-resnet20/kd.yaml",
                "--target", "distill", "-S", "student.train.epochs=1", "-S", "student.train.milestones=[]", "-S", "student.train.keep_epochs=[0, 1]",
                "-S", "student.train.batch_size=32", "-S", "supervision.k=8", env=env)
     assert out.stdout.startswith("dvc exp run distill -n resnet56-resnet20-kd -S 'data.name=\"cifar100\"'"), out.stdout[:300]
-    rows = _run(repo, sys.executable, "-m", "protocols.table").stdout.splitlines()
+    rows = run_cmd(repo, sys.executable, "-m", "protocols.table").stdout.splitlines()
     assert any(r.startswith("| resnet56-resnet20 | kd | 1 | ") and r.endswith(" | 70.66 | 71.97 |") for r in rows), rows
     data, teacher = (json.loads((repo / f"metrics/{r}.json").read_text()) for r in ("data", "teacher"))
     student = json.loads((repo / "metrics/student.json").read_text())
@@ -121,7 +121,7 @@ def test_protocol_imports_the_teacher_and_evaluate_reads_every_file(repo, tmp_pa
 
     save_reference(randomised(ARCHS["resnet20"](100), seed=0), ckpt)  # another arch's file in its place
     model = (repo / "data/teacher/model.pt").read_bytes()
-    out = _run(repo, "dvc", "repro", "train_teacher", check=False, env=env)
+    out = run_cmd(repo, "dvc", "repro", "train_teacher", check=False, env=env)
     assert out.returncode != 0 and (f"error: {ckpt.relative_to(repo)}: does not fit resnet56 with 100 classes: "
                                     "missing key 'stages.0.3.conv1.weight'") in out.stderr, out.stderr[-2000:]
     assert "its keys fit resnet20: set the arch to resnet20" in out.stderr

@@ -1,11 +1,13 @@
 """Students that need more than a loss, through the real pipeline (tiny profile, one temporary git repo
-for the whole file; helpers from test_pipeline.py). One repo, because each of these paths starts from the
-teacher and baseline of the one before, as a user's next experiment does:
+for the whole file: a copy of the project tests/conftest.py reproduces once for the run). One repo,
+because each of these paths starts from the teacher and baseline of the one before, as a user's next
+experiment does:
 
-1. letKD: `dvc exp run -S method=letkd2` runs `build_supervision` once (one MLflow run, with its inertia
-   history, cluster-size plot and device); a second letKD experiment reuses it and re-runs only `distill`,
-   the student's sigma and `report` (that a non-letKD method does too: test_pipeline.py's `method=ce`). The distilled student's model.pt and kept checkpoints carry the
-   KD layers it was evaluated with, and the sigma stage analyses the student with them.
+1. letKD: `dvc exp run -S method=letkd2` distils from the supervision `dvc repro` built (one MLflow run,
+   with its inertia history, cluster-size plot and device) and re-runs only `distill`, the student's
+   sigma and `report` (as other methods do: test_pipeline.py's sweep). The distilled student's model.pt
+   and kept checkpoints carry the KD layers it was evaluated with, and the sigma stage analyses the
+   student with them.
 2. KDExplainer's study: the LTB student's CE arm (the baseline) and KD arm as one experiment, their
    routing report and the cross-experiment comparison; then VAM on a resnet8 student, whose baseline
    comes back from DVC's run cache. (The label-smoothing arm runs in tests/test_ltb_training.py, the
@@ -17,13 +19,22 @@ import pytest
 import torch
 import yaml
 
-from test_pipeline import _run, _runs, repo  # noqa: F401  (repo: the module-scoped tiny project fixture)
+from pipeline_project import mlflow_runs, run_cmd
 
-pytestmark = pytest.mark.cost(370)
+pytestmark = pytest.mark.cost(130)
+
+
+@pytest.fixture(scope="module")
+def repo(reproduced_repo):
+    return reproduced_repo
 
 
 def _stage_runs(repo, stage):
-    return [r for r in _runs(repo)[1] if r.data.tags["kdlens.stage"] == stage]
+    return [r for r in mlflow_runs(repo)[1] if r.data.tags["kdlens.stage"] == stage]
+
+
+def _new_stages(repo, before):
+    return sorted(r.data.tags["kdlens.stage"] for r in mlflow_runs(repo)[1] if r.info.run_id not in before)
 
 
 def _layer_count(c, k):
@@ -31,12 +42,14 @@ def _layer_count(c, k):
     return 2 * k * c + 2 * k + 2 + 2 * k + 1
 
 
-def test_letkd2_builds_supervision_once_and_other_experiments_reuse_it(repo):
+def test_letkd2_distils_from_the_supervision_the_pipeline_built_once(repo):
     p = yaml.safe_load((repo / "params.yaml").read_text())
     sup_params = p["supervision"]
-    _run(repo, "dvc", "exp", "run", "-S", "method=letkd2", "-n", "letkd2-run")
+    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
+    run_cmd(repo, "dvc", "exp", "run", "-S", "method=letkd2", "-n", "letkd2-run")
+    assert _new_stages(repo, before) == ["distill", "estimate_sigma@student", "report"]  # supervision reused
 
-    client, _ = _runs(repo)
+    client, _ = mlflow_runs(repo)
     (sup_run,) = _stage_runs(repo, "build_supervision")
     summary = json.loads((repo / "metrics/supervision.json").read_text())
     assert summary["mlflow_run_id"] == sup_run.info.run_id
@@ -70,23 +83,12 @@ def test_letkd2_builds_supervision_once_and_other_experiments_reuse_it(repo):
     assert distill.data.metrics["gradnorm/penult"] > 0 and distill.data.metrics["gradnorm/inter"] > 0
     assert distill.data.params["input.supervision_sha256"] == card["sha256"][:12]
 
-    before = {r.info.run_id for r in _runs(repo)[1]}
-    _run(repo, "dvc", "exp", "run", "-S", "method=letkd1", "-n", "letkd1-run")
-    new = [r for r in _runs(repo)[1] if r.info.run_id not in before]
-    assert sorted(r.data.tags["kdlens.stage"] for r in new) == ["distill", "estimate_sigma@student", "report"]
-    assert json.loads((repo / "metrics/student.json").read_text())["method"] == "letkd1"
-    assert len(_stage_runs(repo, "build_supervision")) == 1
-
 
 LTB = ("-S", "student.arch=ltb_w16")
 
 
-def _new_stages(repo, before):
-    return sorted(r.data.tags["kdlens.stage"] for r in _runs(repo)[1] if r.info.run_id not in before)
-
-
 def test_ltb_arms_their_routing_report_and_the_comparison(repo):
-    _run(repo, "dvc", "exp", "run", *LTB, "-S", "method=kd", "-n", "ltb-kd")
+    run_cmd(repo, "dvc", "exp", "run", *LTB, "-S", "method=kd", "-n", "ltb-kd")
     student = json.loads((repo / "metrics/student.json").read_text())
     assert student["arch"] == "ltb_w16" and student["method"] == "kd" and student["tree_from"] == "own"
     assert {"structure_test_top1", "routing_entropy_level1", "routing_entropy_level3"} <= set(student)
@@ -105,21 +107,21 @@ def test_ltb_arms_their_routing_report_and_the_comparison(repo):
     for f in ("routing_baseline.png", "routing_student.png", "tree_student.png", "gate_entropy.png"):
         assert (repo / "reports/figures" / f).is_file(), f
 
-    out = _run(repo, "python", "-m", "explain.compare").stdout
+    out = run_cmd(repo, "python", "-m", "explain.compare").stdout
     table = (repo / "reports/compare.md").read_text()
     assert out.strip() == table.strip()
     for arm in ("ltb_w16 / ce", "ltb_w16 / kd"):  # the CE arm is the experiment's baseline
         assert f"| {arm} |" in table, arm
     assert "KD's mean gate entropy" in table and "vs CE's" in table
     assert "no LS arm yet" in table  # (the LS arm: tests/test_ltb_training.py; a verdict: tests/test_compare.py)
-    client, runs = _runs(repo)
+    client, runs = mlflow_runs(repo)
     assert [r for r in runs if r.data.tags["kdlens.stage"] == "compare"]
 
 
 def test_vam_costs_few_parameters_and_reaches_the_comparison(repo):
     # The workspace still holds the LTB arm: back to resnet8 (the letKD experiments' student), and kd with VAM.
-    before = {r.info.run_id for r in _runs(repo)[1]}
-    _run(repo, "dvc", "exp", "run", "-S", "student.arch=resnet8", "-S", "method=kd", "-S", "vam.enabled=true",
+    before = {r.info.run_id for r in mlflow_runs(repo)[1]}
+    run_cmd(repo, "dvc", "exp", "run", "-S", "student.arch=resnet8", "-S", "method=kd", "-S", "vam.enabled=true",
          "-n", "vam-kd")
     new = _new_stages(repo, before)
     assert "train_teacher" not in new and "train_baseline" not in new, new  # both come from DVC's run cache
@@ -129,5 +131,5 @@ def test_vam_costs_few_parameters_and_reaches_the_comparison(repo):
     assert vam["params_vam"] == groups * groups and baseline["params_vam"] == 0
     assert vam["params_student"] == baseline["params_student"] + groups * groups
     assert vam["teacher_source"] == "cache"  # kd reads the cached teacher logits
-    table = _run(repo, "python", "-m", "explain.compare").stdout
+    table = run_cmd(repo, "python", "-m", "explain.compare").stdout
     assert "| resnet8 / kd + VAM |" in table and "| resnet8 / ce |" in table

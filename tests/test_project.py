@@ -2,7 +2,7 @@
 import os
 import subprocess
 
-from conftest import ROOT
+from tiny_profile import ROOT
 from core import tracking
 
 

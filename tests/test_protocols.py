@@ -11,7 +11,7 @@ import yaml
 import methods
 import protocols.__main__ as runner
 import protocols.table as table
-from conftest import ROOT
+from tiny_profile import ROOT
 from core.errors import KdlensError
 from core.schema import read_yaml
 from protocols import PAIRS, ROOT as PROTOCOLS, files

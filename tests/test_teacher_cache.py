@@ -18,7 +18,7 @@ from dataset.params import DataParams, ScenesParams
 from training.params import TrainParams
 from training.teacher import TeacherCache, Views, build_cache, frozen_teacher, open_cache
 
-pytestmark = pytest.mark.cost(18)
+pytestmark = pytest.mark.cost(35)
 
 INPUTS = {"data_sha256": "d" * 64, "teacher_sha256": "t" * 64}
 CFG = TrainParams(epochs=2, batch_size=32, lr=0.05)

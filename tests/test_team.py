@@ -17,10 +17,15 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import ROOT
-from test_pipeline import BIN, _free_port, _run, repo  # noqa: F401 (repo: the tiny project, one per module)
+from tiny_profile import ROOT
+from pipeline_project import BIN, free_port, run_cmd
 
-pytestmark = pytest.mark.cost(95)
+pytestmark = pytest.mark.cost(55)
+
+
+@pytest.fixture(scope="module")
+def repo(tiny_repo):
+    return tiny_repo
 
 STAGES = ["check_params", "prepare_data", "train_teacher"]
 TRACKED = STAGES[1:]  # check_params computes nothing and logs no MLflow run
@@ -52,7 +57,7 @@ def postgres():
             pytest.skip("running as root and there is no `postgres` user to run PostgreSQL as")
         as_postgres = ["runuser", "-u", "postgres", "--"]
     home = Path(tempfile.mkdtemp(prefix="kdlens-pg-"))  # not tmp_path: pytest's temp root is owner-only
-    data, log, port = home / "data", home / "server.log", _free_port()
+    data, log, port = home / "data", home / "server.log", free_port()
 
     def pg(tool, *args):
         out = subprocess.run([*as_postgres, str(initdb.parent / tool), *map(str, args)], cwd=home,
@@ -98,7 +103,7 @@ def _stop(proc):
 def server(postgres, tmp_path_factory):
     """`make server` itself, against that database, its artifact store in a temp dir; yields (URL, store)."""
     home = tmp_path_factory.mktemp("mlflow_server")
-    artifacts, log, port = home / "artifacts", home / "server.log", _free_port()
+    artifacts, log, port = home / "artifacts", home / "server.log", free_port()
     # Not the caller's MLflow settings, nor an outer `make test`'s flags.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MAKE", "MFLAGS"))}
     cmd = ["make", "-s", "-C", str(ROOT), "-o", "install", "server", f"BIN={BIN}", f"SERVER_PORT={port}",
@@ -125,7 +130,7 @@ def test_stages_log_to_the_postgres_backed_server(repo, server, postgres, tmp_pa
     import psycopg2
 
     url, artifacts = server
-    _run(repo, "dvc", "repro", *STAGES, env={"MLFLOW_TRACKING_URI": url})
+    run_cmd(repo, "dvc", "repro", *STAGES, env={"MLFLOW_TRACKING_URI": url})
     client = mlflow.MlflowClient(url)
     exp = client.get_experiment_by_name("kdlens-scenes")
     assert exp.artifact_location.startswith("mlflow-artifacts:/")  # the server's store, not a client's path
@@ -156,19 +161,19 @@ def _files(root: Path) -> dict[str, str]:
 
 
 def test_a_second_clone_pulls_data_and_teacher_instead_of_retraining(repo, tmp_path):
-    _run(repo, "dvc", "repro", *STAGES)  # nothing to do where the server test ran
-    _run(repo, "dvc", "remote", "add", "-d", "team", str(tmp_path / "dvc-remote"))
-    _run(repo, "dvc", "push")
-    _run(repo, "git", "add", "-A")
-    _run(repo, "git", "commit", "-qm", "data, teacher and the team remote")
+    run_cmd(repo, "dvc", "repro", *STAGES)  # nothing to do where the server test ran
+    run_cmd(repo, "dvc", "remote", "add", "-d", "team", str(tmp_path / "dvc-remote"))
+    run_cmd(repo, "dvc", "push")
+    run_cmd(repo, "git", "add", "-A")
+    run_cmd(repo, "git", "commit", "-qm", "data, teacher and the team remote")
     want = _files(repo)
     assert "data/teacher/model.pt" in want and "data/prepared/card.json" in want
 
     clone = tmp_path / "clone"
-    _run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
-    _run(clone, "dvc", "pull", *STAGES)  # the stages dvc.lock records (here, the only ones run)
+    run_cmd(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    run_cmd(clone, "dvc", "pull", *STAGES)  # the stages dvc.lock records (here, the only ones run)
     assert _files(clone) == want
-    assert _run(clone, "dvc", "status", *STAGES).stdout.strip().endswith("up to date.")
-    out = _run(clone, "dvc", "repro", *STAGES).stdout
+    assert run_cmd(clone, "dvc", "status", *STAGES).stdout.strip().endswith("up to date.")
+    out = run_cmd(clone, "dvc", "repro", *STAGES).stdout
     assert out.count("didn't change") == len(STAGES), out
     assert not (clone / "mlflow.db").exists()  # no stage ran, so none logged an MLflow run

@@ -13,7 +13,7 @@ import warnings
 import mlflow
 import pytest
 
-from conftest import ROOT
+from tiny_profile import ROOT
 from core import tracking
 from core.errors import KdlensError
 from core.stage import work_dir
