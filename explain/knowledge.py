@@ -38,6 +38,19 @@ it says so):
   dropped (no metric exists for them) and counted separately. Upstream keeps the first 50 passing images
   of a random candidate list; kdlens keeps all passing images and reports the pass rate.
 
+* **Uncertainty and verdicts** (kdlens; the paper reports point values): every criterion of the three
+  hypotheses is a difference distilled - baseline with a percentile interval from a **paired bootstrap
+  over images** (``bootstrap`` resamples, ``level``, ``bootstrap_seed``): each resample draws the same
+  images for both runs, which saw the same images and the same noise, and recomputes every metric on
+  them (the dataset-level background baseline included). A criterion **holds** when its interval lies on
+  the expected side of zero, **does not hold** when it lies on the other side, and is **inconclusive**
+  when it contains zero (or a value is undefined). A hypothesis holds when all its criteria hold, does
+  not hold when one is decided against it (it is a conjunction), and is inconclusive otherwise. The same
+  resamples give each run's N_fg at every checkpoint with its interval, the learning-speed reading the
+  curves support without the peak. Peak ties go to the first checkpoint (above), so an image whose N_fg
+  curve is flat (max - min <= ``flat_tol`` concepts) has its peak at checkpoint 0 and D(x) = WD(0) = 0
+  whatever it learns: such images are counted (``flat_fg_images``), since they pull D_mean down.
+
 The history snapshots of sigma are copies (upstream's alias bug lives in sigma
 estimation; see ``explain.sigma``).
 """
@@ -313,6 +326,7 @@ def run_metrics(entropy, fg, epochs, wd, params: KnowledgeParams | None = None, 
         lam = np.nanmean(ratio, axis=0) if len(ratio) else np.full(k, np.nan)
         mean_fg = n_fg.mean(axis=0) if len(n_fg) else np.full(k, np.nan)
         mean_bg = n_bg.mean(axis=0) if len(n_bg) else np.full(k, np.nan)
+    flat = int((n_fg.max(axis=1) - n_fg.min(axis=1) <= p.flat_tol).sum()) if len(n_fg) else 0
     dyn_fg = learning_dynamics(n_fg, wd, epochs, p.skip_first)
     dyn_bg = learning_dynamics(n_bg, wd, epochs, p.skip_first)
     everywhere = np.ones_like(fg)
@@ -331,6 +345,7 @@ def run_metrics(entropy, fg, epochs, wd, params: KnowledgeParams | None = None, 
         "rho_bg": stability(concepts, ~fg, p.empty),
         "rho_all": stability(concepts, everywhere, p.empty),
         "peak_epoch": dyn_fg["peak_epoch"],
+        "flat_fg_images": flat,
         "series": {
             "Hbg": np.asarray(hbg if hbg.ndim == 1 else np.nanmean(hbg, axis=0)).tolist(),
             "N_fg": mean_fg.tolist(), "N_bg": mean_bg.tolist(), "lambda_ratio": np.asarray(lam).tolist(),
@@ -349,8 +364,8 @@ def compare(distilled: dict, baseline: dict, fg, epochs, params: KnowledgeParams
     Each run is ``{"entropy": [N, K, G, G], "wd": [K]}`` over the same N images. Images without maps in
     a run are dropped; with ``params.effect_filter`` the filter is applied to each run and, with
     ``intersect_runs``, the runs are compared on the images valid in both. Returns ``{"distilled",
-    "baseline", "hypotheses", "selection"}``; when the filter is on, the unfiltered metrics are under
-    ``"unfiltered"`` too.
+    "baseline", "hypotheses", "bootstrap", "selection"}``; when the filter is on, the unfiltered metrics
+    are under ``"unfiltered"`` too.
     """
     p = params or KnowledgeParams()
     runs = {"distilled": distilled, "baseline": baseline}
@@ -371,7 +386,9 @@ def compare(distilled: dict, baseline: dict, fg, epochs, params: KnowledgeParams
             common = masks["distilled"] & masks["baseline"]
             masks = {r: common for r in runs}
         out = {r: run_metrics(runs[r]["entropy"], fg, epochs, runs[r]["wd"], p, masks[r]) for r in runs}
-        out["hypotheses"] = hypotheses(out["distilled"], out["baseline"])
+        boot = bootstrap(runs, fg, epochs, masks, p)
+        out["hypotheses"] = hypotheses(out["distilled"], out["baseline"], boot["criteria"])
+        out["bootstrap"] = boot
         return out
 
     result = evaluate(passed if p.effect_filter else valid)
@@ -392,20 +409,81 @@ HYPOTHESES = {
 }
 
 
-def hypotheses(distilled: dict, baseline: dict) -> dict:
-    """The paper's three hypotheses for distilled vs baseline (strict inequalities; NaN = not shown).
+# Fewer images than this leave the intervals undefined (every verdict inconclusive): one image resampled
+# is always itself, a zero-width interval that would decide anything.
+MIN_BOOTSTRAP_IMAGES = 2
+CRITERIA = sorted({metric for _, checks in HYPOTHESES.values() for metric, _ in checks})
+VERDICT_SCORE = {"holds": 1.0, "does not hold": -1.0, "inconclusive": 0.0}  # as MLflow metrics
 
-    Returns ``{"H1": {"claim", "holds", "checks": [{"metric", "expect", "distilled", "baseline", "ok"}]}, ...}``.
+
+def bootstrap(runs: dict, fg, epochs, masks: dict, params: KnowledgeParams) -> dict:
+    """Percentile intervals over images, from ``params.bootstrap`` resamples: of each criterion's
+    difference distilled - baseline, and of each run's mean N_fg at every checkpoint.
+
+    ``runs``: ``{"distilled"|"baseline": {"entropy", "wd"}}``; ``masks``: the images each run is measured
+    on. When both runs have the same images (``intersect_runs``) every resample draws the same images for
+    both (paired); otherwise each run's images are drawn on their own. A percentile interval from a handful
+    of images is too narrow (it undercovers); read it as a lower bound on the uncertainty."""
+    p = params
+    rng = np.random.default_rng(p.bootstrap_seed)
+    fg = _fg(fg, _entropy(runs["distilled"]["entropy"]).shape[0], _entropy(runs["distilled"]["entropy"]).shape[-1])
+    index = {r: np.flatnonzero(masks[r] & has_maps(runs[r]["entropy"])) for r in runs}
+    paired = np.array_equal(index["distilled"], index["baseline"])
+    diffs = np.full((p.bootstrap, len(CRITERIA)), np.nan)
+    curves = {r: np.full((p.bootstrap, len(epochs)), np.nan) for r in runs}
+    if all(len(i) >= MIN_BOOTSTRAP_IMAGES for i in index.values()):
+        for b in range(p.bootstrap):
+            picks = {r: rng.integers(0, len(index[r]), len(index[r])) for r in runs}
+            if paired:
+                picks["baseline"] = picks["distilled"]
+            out = {}
+            for r in runs:
+                chosen = index[r][picks[r]]
+                out[r] = run_metrics(_entropy(runs[r]["entropy"])[chosen], fg[chosen], epochs, runs[r]["wd"], p)
+                curves[r][b] = out[r]["series"]["N_fg"]
+            diffs[b] = [out["distilled"][m] - out["baseline"][m] for m in CRITERIA]
+    q = [50 * (1 - p.level), 50 * (1 + p.level)]
+    with _quiet():
+        low, high = np.nanpercentile(diffs, q, axis=0) if np.isfinite(diffs).any() else (diffs[0], diffs[0])
+        bands = {r: np.nanpercentile(c, q, axis=0).T.tolist() for r, c in curves.items()}
+    return {
+        "resamples": p.bootstrap, "level": p.level, "paired": bool(paired), "seed": p.bootstrap_seed,
+        "criteria": {m: {"low": float(lo), "high": float(hi)} for m, lo, hi in zip(CRITERIA, low, high)},
+        "N_fg_interval": bands,
+    }
+
+
+def criterion_verdict(difference: float, low: float, high: float, expect: str) -> str:
+    """holds / does not hold / inconclusive: whether the interval of the difference (distilled - baseline)
+    lies on the expected side of zero, on the other side, or contains it (or is undefined)."""
+    if not all(math.isfinite(v) for v in (difference, low, high)) or low <= 0 <= high:
+        return "inconclusive"
+    return "holds" if (low > 0) == (expect == "higher") else "does not hold"
+
+
+def hypothesis_verdict(verdicts: list[str]) -> str:
+    """A conjunction: holds when every criterion holds, does not hold when one is decided against it."""
+    if "does not hold" in verdicts:
+        return "does not hold"
+    return "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
+
+
+def hypotheses(distilled: dict, baseline: dict, intervals: dict) -> dict:
+    """The paper's three hypotheses for distilled vs baseline, each criterion decided by its interval
+    (``bootstrap(...)["criteria"]``).
+
+    Returns ``{"H1": {"claim", "verdict", "checks": [{"metric", "expect", "distilled", "baseline",
+    "difference", "low", "high", "verdict"}]}, ...}``.
     """
     out = {}
     for key, (claim, checks) in HYPOTHESES.items():
         rows = []
         for metric, expect in checks:
             d, b = float(distilled[metric]), float(baseline[metric])
-            ok = (d > b) if expect == "higher" else (d < b)
-            rows.append({"metric": metric, "expect": expect, "distilled": d, "baseline": b,
-                         "ok": bool(ok and math.isfinite(d) and math.isfinite(b))})
-        out[key] = {"claim": claim, "holds": all(r["ok"] for r in rows), "checks": rows}
+            low, high = intervals[metric]["low"], intervals[metric]["high"]
+            rows.append({"metric": metric, "expect": expect, "distilled": d, "baseline": b, "difference": d - b,
+                         "low": low, "high": high, "verdict": criterion_verdict(d - b, low, high, expect)})
+        out[key] = {"claim": claim, "verdict": hypothesis_verdict([r["verdict"] for r in rows]), "checks": rows}
     return out
 
 

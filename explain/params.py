@@ -86,3 +86,8 @@ class KnowledgeParams(Section):
     filter_top_frac: float | None = Field(None, gt=0, le=1)  # None: whole sets; 0.1 = upstream's Top10
     intersect_runs: bool = True  # compare two runs on the images valid in both
     center_box_frac: float = Field(1 / 6, ge=0, lt=0.5)  # foreground prior when the data has no masks (CIFAR)
+    # Uncertainty over images: a paired bootstrap of each criterion's difference (explain.knowledge).
+    bootstrap: int = Field(1000, ge=100)  # resamples of the analysed images
+    level: float = Field(0.95, gt=0.5, lt=1)  # of the intervals; a criterion is decided when its excludes 0
+    bootstrap_seed: Seed = 0
+    flat_tol: float = Field(1.0, ge=0)  # an image's N_fg curve is flat when max - min <= this many concepts

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -31,8 +32,6 @@ ENTROPY_RANGE = (-4.5, -2.3)  # the colour range of the reference's entropy heat
 
 def _image_hwc(image):
     """uint8 [3, H, W] (or float in 0..1) -> float [H, W, 3] in 0..1 for imshow."""
-    import numpy as np
-
     a = np.asarray(image)
     a = a.astype(np.float64) / 255.0 if a.dtype == np.uint8 else a.astype(np.float64)
     return np.clip(a.transpose(1, 2, 0), 0.0, 1.0)
@@ -58,8 +57,6 @@ def sigma_heatmaps(images, maps, titles=None, kind: str = "entropy", vmin=None, 
     [-4.5, -2.3], 'hot', low = the network uses the cell) or "sigma"); ``masks`` optional [n, G, G]
     foreground cells, outlined. Non-effective images (NaN maps) show the image only.
     """
-    import numpy as np
-
     n = min(len(images), max_images)
     if kind == "entropy":
         vmin, vmax = (ENTROPY_RANGE[0] if vmin is None else vmin), (ENTROPY_RANGE[1] if vmax is None else vmax)
@@ -101,8 +98,6 @@ def _outline(ax, cells, size):
 def sigma_over_epochs(images, entropy, epochs, title: str = "", vmin=None, vmax=None, alpha: float = 0.6,
                       max_images: int = 4):
     """Rows = images, columns = checkpoint epochs: entropy maps ([n, K, G, G]) over their images."""
-    import numpy as np
-
     vmin = ENTROPY_RANGE[0] if vmin is None else vmin
     vmax = ENTROPY_RANGE[1] if vmax is None else vmax
     n, k = min(len(images), max_images), len(epochs)
@@ -124,11 +119,14 @@ def concept_curves(runs: dict[str, dict]):
     """N_fg and N_bg (mean over images) vs checkpoint epoch, one line per network.
 
     ``runs``: name -> {"epochs": [K], "N_fg": [K], "N_bg": [K]} (e.g. ``run_metrics(...)["series"]`` plus
-    its ``"epochs"``).
+    its ``"epochs"``), and optionally "N_fg_interval": [K][low, high], drawn as a band.
     """
     fig, (ax_fg, ax_bg) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for name, r in runs.items():
-        ax_fg.plot(r["epochs"], r["N_fg"], marker=".", label=name)
+        (line,) = ax_fg.plot(r["epochs"], r["N_fg"], marker=".", label=name)
+        if "N_fg_interval" in r:
+            low, high = np.asarray(r["N_fg_interval"], dtype=float).T
+            ax_fg.fill_between(r["epochs"], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         ax_bg.plot(r["epochs"], r["N_bg"], marker=".", label=name)
     ax_fg.set(xlabel="epoch", ylabel="visual concepts per image", title="foreground concepts N_fg")
     ax_bg.set(xlabel="epoch", title="background concepts N_bg")

@@ -136,16 +136,18 @@ def knowledge(sigma: dict[str, dict], weight_distance: dict[str, dict], masks, c
             "baseline": {"entropy": base["entropy"], "wd": wd_at_epochs(weight_distance["baseline"], layer, epochs)}}
     res = compare(runs["distilled"], runs["baseline"], fg, epochs, kp)
     keys = ("N_fg", "N_bg", "lambda_ratio", "D_mean", "D_std", "D_var", "rho", "rho_bg", "rho_all", "slope",
-            "D_mean_bg", "D_std_bg", "n_images", "peak_epoch")
+            "D_mean_bg", "D_std_bg", "n_images", "peak_epoch", "flat_fg_images")
     models_out = {}
     for role, run in (("baseline", "baseline"), ("student", "distilled")):
         r = res[run]
         models_out[role] = {"test_top1": accuracy[role], **{k: r[k] for k in keys},
-                            "series": {"epochs": epochs, **r["series"]}}
+                            "series": {"epochs": epochs, **r["series"],
+                                       "N_fg_interval": res["bootstrap"]["N_fg_interval"][run]}}
     fg_n = np.broadcast_to(fg, (n, grid, grid)).sum(axis=(1, 2))
     return {
         "models": models_out,
         "hypotheses": res["hypotheses"],
+        "bootstrap": {k: v for k, v in res["bootstrap"].items() if k != "N_fg_interval"},
         "selection": res["selection"],
         "layer": {"tap": f"{sigma_cfg.tap}[{sigma_cfg.index}]", "weight": layer},
         "masks": {"source": mask_source, "exact_images": int(exact.sum()), "foreground_cells_mean": float(fg_n.mean()),
@@ -183,11 +185,29 @@ def knowledge_markdown(k: dict, method: str) -> str:
         r = m[role]
         lines.append(f"| {title} | {_f(r['test_top1'], '.2f')} | {_f(r['N_fg'], '.2f')} | {_f(r['N_bg'], '.2f')} | "
                      f"{_f(r['lambda_ratio'])} | {_f(r['D_mean'])} | {_f(r['D_std'])} | {_f(r['rho'])} |")
-    lines += ["", f"Hypotheses, `{method}` against the baseline (strict inequalities; n/a never holds):", ""]
+    boot = k["bootstrap"]
+    level = f"{100 * boot['level']:g}%"
+    lines += ["", f"Hypotheses, `{method}` against the baseline. Each criterion is the difference distilled − "
+              f"baseline with its {level} interval from {boot['resamples']} "
+              f"{'paired ' if boot['paired'] else ''}bootstrap resamples of the {m['student']['n_images']} images: "
+              "it holds or does not hold when the interval excludes zero, and is inconclusive when it does not.", "",
+              "| hypothesis | criterion | baseline | distilled | difference | interval | verdict |",
+              "|---|---|---:|---:|---:|---|---|"]
     for key, h in k["hypotheses"].items():
-        checks = ", ".join(f"{c['metric']} {c['expect']}: {'yes' if c['ok'] else 'no'} "
-                           f"({_f(c['distilled'])} vs {_f(c['baseline'])})" for c in h["checks"])
-        lines.append(f"- **{key}** ({h['claim']}): **{'holds' if h['holds'] else 'does not hold'}** — {checks}")
+        for c in h["checks"]:
+            lines.append(f"| {key} | {c['metric']} {c['expect']} | {_f(c['baseline'])} | {_f(c['distilled'])} | "
+                         f"{_f(c['difference'], '+.3f')} | [{_f(c['low'], '+.3f')}, {_f(c['high'], '+.3f')}] | "
+                         f"{c['verdict']} |")
+    lines.append("")
+    for key, h in k["hypotheses"].items():
+        lines.append(f"- **{key}** ({h['claim']}): **{h['verdict']}**")
+    lines += ["", f"N_fg at each checkpoint (epochs {k['epochs']}), mean over images with its {level} interval:", ""]
+    for role, title in (("baseline", "baseline"), ("student", f"`{method}`")):
+        r = m[role]
+        cells = ", ".join(f"{_f(v, '.1f')} [{_f(lo, '.1f')}, {_f(hi, '.1f')}]"
+                          for v, (lo, hi) in zip(r["series"]["N_fg"], r["series"]["N_fg_interval"]))
+        lines.append(f"- {title}: {cells}; {r['flat_fg_images']} of {r['n_images']} images with a flat N_fg curve "
+                     f"(peak at the first checkpoint by the tie rule, D = 0)")
     lines += [
         "",
         "Definitions (Cheng et al., CVPR 2020, Sec. 3):",
@@ -213,8 +233,8 @@ def knowledge_markdown(k: dict, method: str) -> str:
         "aliased them); the effective-sample filter is "
         f"{'on' if k['params']['effect_filter'] else 'off'} and every image with maps is kept (upstream keeps "
         "the first 50 passing); the grid is 8×8 for 32×32 inputs (upstream 16×16 at 224); the weight "
-        "distance covers the whole training of each student. One seed and few images: read the directions, "
-        "not the decimals.",
+        "distance covers the whole training of each student. The intervals are over images, for this one seed: "
+        "they do not include the spread between training runs.",
         "",
         "![concepts over training](figures/concepts.png)",
         "",

@@ -12,6 +12,7 @@ from core.stage import run_stage
 from core.tracking import StageRun, tracking_uri
 from explain.plots import concept_curves, sigma_over_epochs, training_curves
 from explain import routing as R
+from explain.knowledge import VERDICT_SCORE
 from explain.report import (ROLES, ROUTING_LEVELS, analysed_layer, knowledge, knowledge_markdown, markdown, routing,
                             routing_markdown, summarise)
 
@@ -105,7 +106,8 @@ def main() -> None:
             km = k["models"][role]
             run.log_metrics({f"knowledge/{role}/{m}": km[m] for m in
                              ("N_fg", "N_bg", "lambda_ratio", "D_mean", "D_std", "D_var", "rho", "rho_bg", "rho_all")})
-        run.log_metrics({f"knowledge/{h}_holds": float(v["holds"]) for h, v in k["hypotheses"].items()})
+        # +1 holds, -1 does not hold, 0 inconclusive (the interval of a criterion contains zero)
+        run.log_metrics({f"knowledge/{h}_verdict": VERDICT_SCORE[v["verdict"]] for h, v in k["hypotheses"].items()})
         run.log_artifact(REPORT)
         run.log_artifact(metrics_path("report"))
         print(REPORT.read_text())

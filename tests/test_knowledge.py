@@ -189,20 +189,65 @@ def test_wd_at_epochs():
         K.wd_at_epochs(wd, "layer.weight", [4])
 
 
-def test_hypotheses():
+def test_criterion_and_hypothesis_verdicts():
+    assert K.criterion_verdict(1.0, 0.2, 1.8, "higher") == "holds"
+    assert K.criterion_verdict(1.0, 0.2, 1.8, "lower") == "does not hold"
+    assert K.criterion_verdict(-1.0, -1.8, -0.2, "lower") == "holds"
+    assert K.criterion_verdict(0.5, -0.1, 1.1, "higher") == "inconclusive"  # the interval contains zero
+    assert K.criterion_verdict(0.0, 0.0, 0.0, "higher") == "inconclusive"  # no difference is not "higher"
+    assert K.criterion_verdict(float("nan"), 0.2, 1.8, "higher") == "inconclusive"
+    assert K.hypothesis_verdict(["holds", "holds"]) == "holds"
+    assert K.hypothesis_verdict(["holds", "inconclusive"]) == "inconclusive"
+    assert K.hypothesis_verdict(["inconclusive", "does not hold"]) == "does not hold"  # a conjunction
     base = {"N_fg": 2.0, "N_bg": 3.0, "lambda_ratio": 0.4, "D_mean": 5.0, "D_std": 2.0, "rho": 0.5}
     good = {"N_fg": 3.0, "N_bg": 1.0, "lambda_ratio": 0.7, "D_mean": 4.0, "D_std": 1.0, "rho": 0.8}
-    h = K.hypotheses(good, base)
-    assert all(h[k]["holds"] for k in ("H1", "H2", "H3"))
-    assert [c["metric"] for c in h["H1"]["checks"]] == ["N_fg", "N_bg", "lambda_ratio"]
-    mixed = dict(good, N_bg=3.5, D_std=2.0)  # more background concepts; an equal D_std is not "lower"
-    h = K.hypotheses(mixed, base)
-    assert not h["H1"]["holds"] and not h["H2"]["holds"] and h["H3"]["holds"]
-    assert [c["ok"] for c in h["H1"]["checks"]] == [True, False, True]
-    assert h["H1"]["checks"][1] == {"metric": "N_bg", "expect": "lower", "distilled": 3.5, "baseline": 3.0,
-                                    "ok": False}
-    assert not K.hypotheses(dict(good, rho=float("nan")), base)["H3"]["holds"]
-    assert not K.hypotheses(good, good)["H1"]["holds"]  # ties never hold
+    tight = {m: {"low": good[m] - base[m] - 0.01, "high": good[m] - base[m] + 0.01} for m in K.CRITERIA}
+    h = K.hypotheses(good, base, tight)
+    assert [h[k]["verdict"] for k in ("H1", "H2", "H3")] == ["holds"] * 3
+    assert h["H1"]["checks"][1] == {"metric": "N_bg", "expect": "lower", "distilled": 1.0, "baseline": 3.0,
+                                    "difference": -2.0, "low": -2.01, "high": -1.99, "verdict": "holds"}
+    wide = dict(tight, rho={"low": -0.1, "high": 0.7})
+    assert K.hypotheses(good, base, wide)["H3"]["verdict"] == "inconclusive"
+
+
+def _scenes(rng, n, effect):
+    """[n, 4, 8, 8] entropy maps: noise around -2, and ``effect`` nats lower on the 4x4 foreground from
+    checkpoint 1 on (more foreground concepts, learnt early)."""
+    h = -2.0 + rng.normal(0, 0.15, size=(n, 4, 8, 8))
+    h[:, 1:, 2:6, 2:6] -= effect
+    return h
+
+
+def test_the_paired_bootstrap_decides_a_large_effect_and_leaves_a_null_one_inconclusive():
+    rng = np.random.default_rng(0)
+    fg = np.zeros((8, 8), bool)
+    fg[2:6, 2:6] = True
+    epochs, wd = [0, 1, 2, 3], [0.0, 1.0, 2.0, 3.0]
+    baseline = _scenes(rng, 16, 0.0)
+    params = K.KnowledgeParams(bootstrap=300)
+    out = K.compare({"entropy": _scenes(rng, 16, 0.6), "wd": wd}, {"entropy": baseline, "wd": wd}, fg, epochs, params)
+    n_fg = {c["metric"]: c for c in out["hypotheses"]["H1"]["checks"]}["N_fg"]
+    assert n_fg["verdict"] == "holds" and 0 < n_fg["low"] <= n_fg["difference"] <= n_fg["high"]
+    assert out["bootstrap"]["paired"] and out["bootstrap"]["resamples"] == 300
+    low, high = np.asarray(out["bootstrap"]["N_fg_interval"]["distilled"]).T
+    assert np.all(low <= np.asarray(out["distilled"]["series"]["N_fg"]) + 1e-9) and high[-1] > low[-1]
+    # The same network twice, on other images of the same kind: nothing may be decided.
+    null = K.compare({"entropy": _scenes(rng, 16, 0.0), "wd": wd}, {"entropy": baseline, "wd": wd}, fg, epochs,
+                     params)
+    verdicts = [c["verdict"] for h in null["hypotheses"].values() for c in h["checks"]]
+    assert verdicts.count("inconclusive") >= 5, verdicts  # at 95% at most a rare criterion is decided by chance
+    again = K.compare({"entropy": _scenes(np.random.default_rng(0), 16, 0.0), "wd": wd},
+                      {"entropy": baseline, "wd": wd}, fg, epochs, params)
+    assert again["bootstrap"]["criteria"] == K.compare(
+        {"entropy": _scenes(np.random.default_rng(0), 16, 0.0), "wd": wd},
+        {"entropy": baseline, "wd": wd}, fg, epochs, params)["bootstrap"]["criteria"]  # seeded
+
+
+def test_flat_curves_are_counted():
+    h = example()
+    h[1] = -1.8  # image B: no concept at any checkpoint, a flat N_fg curve
+    out = K.run_metrics(h, FG, EPOCHS, WD)
+    assert out["flat_fg_images"] == 1 + (out["per_image"]["N_fg"][0][-1] - out["per_image"]["N_fg"][0][0] <= 1)
 
 
 def test_compare_runs_with_filter_and_intersection():
@@ -222,8 +267,8 @@ def test_compare_runs_with_filter_and_intersection():
     # baseline run none (its fg cells are only 0.05 below its background)
     d, b = out["distilled"], out["baseline"]
     assert (d["N_fg"], d["N_bg"], b["N_fg"], b["N_bg"]) == (2.0, 1.0, 0.0, 0.0)
-    assert [c["ok"] for c in out["hypotheses"]["H1"]["checks"]] == [True, False, True]
-    assert not out["hypotheses"]["H1"]["holds"]
+    assert [c["difference"] for c in out["hypotheses"]["H1"]["checks"]][:2] == [2.0, 1.0]
+    assert out["hypotheses"]["H1"]["verdict"] == "inconclusive"  # one image: no interval (MIN_BOOTSTRAP_IMAGES)
     assert set(out["hypotheses"]) == {"H1", "H2", "H3"}
     json.dumps(out)
 

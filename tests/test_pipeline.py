@@ -16,6 +16,7 @@ import sys
 import pytest
 import yaml
 
+from explain import knowledge as K
 from pipeline_project import BIN, STAGES, free_port, mlflow_runs, project_env, run_cmd
 from tiny_profile import ROOT
 
@@ -72,7 +73,12 @@ def test_repro_runs_every_stage_and_tracks_it(repo):
         for key in ("test_top1", "N_fg", "N_bg", "lambda_ratio", "D_mean", "D_std", "rho"):
             assert key in k["models"][role], (role, key)
     assert sorted(k["hypotheses"]) == ["H1", "H2", "H3"]
-    assert all(isinstance(h["holds"], bool) for h in k["hypotheses"].values())
+    assert all(h["verdict"] in K.VERDICT_SCORE for h in k["hypotheses"].values())
+    assert k["bootstrap"]["paired"] and k["bootstrap"]["resamples"] == 1000
+    for role in ("baseline", "student"):  # N_fg at each checkpoint with its interval
+        assert len(k["models"][role]["series"]["N_fg_interval"]) == 2
+    assert "| H1 | N_fg higher |" in md and "N_fg at each checkpoint" in md
+    assert "knowledge/H1_verdict" in by_stage["report"].data.metrics
     assert k["layer"]["weight"].endswith(".weight") and "exact scenes masks" in k["masks"]["source"]
     assert "## What the students learned" in md and k["layer"]["weight"] in md
     for f in ("concepts.png", "sigma_baseline.png", "sigma_student.png"):
