@@ -69,13 +69,13 @@ def test_imagenet_layout_streams_through_every_stage(repo):
     run_cmd(repo, "git", "add", "-A")
     run_cmd(repo, "git", "commit", "-qm", "an ImageNet-layout folder")
     out = run_cmd(repo, "dvc", "exp", "run", "-n", "imagenet-run", "-S", "data.name=imagenet", "-S", "data.root=inet",
-               "-S", "data.masks=null", "-S", "data.image_size=32", "-S", "data.workers=2",
+               "-S", "data.masks=null", "-S", "data.image_size=64", "-S", "data.workers=2",
                "-S", "teacher.arch=imagenet_resnet18",
                "-S", "student.arch=imagenet_mobilenet_v1")
     assert "skipped 1 image and 0 mask files" in out.stderr and "broken.JPEG: unreadable" in out.stderr
 
     card = json.loads((repo / "data/prepared/card.json").read_text())
-    assert card["storage"] == "stream" and card["classes"] == wnids and card["image_shape"] == [3, 32, 32]
+    assert card["storage"] == "stream" and card["classes"] == wnids and card["image_shape"] == [3, 64, 64]
     assert (card["counts"]["train"], card["counts"]["test"]) == (120, 30)
     assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == [
         "card.json", "test_files.npy", "test_labels.npy", "train_files.npy", "train_labels.npy"]
