@@ -62,7 +62,8 @@ def load_supervision(sup_dir: str | Path) -> dict:
     if sha256_file(npz_path) != card.get("sha256"):
         raise KdlensError(f"{npz_path}: checksum does not match {card_path.name} (corrupt or replaced); {fix}")
     try:
-        with np.load(npz_path, allow_pickle=False) as npz:
+        # Our own file object: np.load leaves the file it opened unclosed when the zip is corrupt.
+        with open(npz_path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in ARRAYS}
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
