@@ -426,8 +426,9 @@ def bootstrap(runs: dict, fg, epochs, masks: dict, params: KnowledgeParams) -> d
     of images is too narrow (it undercovers); read it as a lower bound on the uncertainty."""
     p = params
     rng = np.random.default_rng(p.bootstrap_seed)
-    fg = _fg(fg, _entropy(runs["distilled"]["entropy"]).shape[0], _entropy(runs["distilled"]["entropy"]).shape[-1])
-    index = {r: np.flatnonzero(masks[r] & has_maps(runs[r]["entropy"])) for r in runs}
+    h = {r: _entropy(runs[r]["entropy"]) for r in runs}
+    fg = _fg(fg, h["distilled"].shape[0], h["distilled"].shape[-1])
+    index = {r: np.flatnonzero(masks[r] & has_maps(h[r])) for r in runs}
     paired = np.array_equal(index["distilled"], index["baseline"])
     diffs = np.full((p.bootstrap, len(CRITERIA)), np.nan)
     curves = {r: np.full((p.bootstrap, len(epochs)), np.nan) for r in runs}
@@ -439,12 +440,12 @@ def bootstrap(runs: dict, fg, epochs, masks: dict, params: KnowledgeParams) -> d
             out = {}
             for r in runs:
                 chosen = index[r][picks[r]]
-                out[r] = run_metrics(_entropy(runs[r]["entropy"])[chosen], fg[chosen], epochs, runs[r]["wd"], p)
+                out[r] = run_metrics(h[r][chosen], fg[chosen], epochs, runs[r]["wd"], p)
                 curves[r][b] = out[r]["series"]["N_fg"]
             diffs[b] = [out["distilled"][m] - out["baseline"][m] for m in CRITERIA]
     q = [50 * (1 - p.level), 50 * (1 + p.level)]
-    with _quiet():
-        low, high = np.nanpercentile(diffs, q, axis=0) if np.isfinite(diffs).any() else (diffs[0], diffs[0])
+    with _quiet():  # all-NaN columns (too few images, an undefined metric) give NaN bounds
+        low, high = np.nanpercentile(diffs, q, axis=0)
         bands = {r: np.nanpercentile(c, q, axis=0).T.tolist() for r, c in curves.items()}
     return {
         "resamples": p.bootstrap, "level": p.level, "paired": bool(paired), "seed": p.bootstrap_seed,
